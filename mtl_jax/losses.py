@@ -1,0 +1,48 @@
+"""Per-example losses by task kind, and the masked mean that makes a missing label count for nothing."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def binary(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Sigmoid cross-entropy; logits [B], labels [B] in {0, 1}."""
+  return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+
+
+def multiclass(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Softmax cross-entropy; logits [B, C], integer labels [B]."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+
+
+def multilabel(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean over the L labels of the sigmoid cross-entropy; logits and labels [B, L]."""
+  return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)).mean(-1)
+
+
+def regression(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  """Squared error, averaged over targets when there are several; [B] or [B, T]."""
+  error = jnp.square(predictions - targets.astype(predictions.dtype))
+  return error if error.ndim == 1 else error.mean(-1)
+
+
+BY_KIND = {
+    'binary': binary,
+    'multiclass': multiclass,
+    'multilabel': multilabel,
+    'regression': regression,
+}
+
+
+def masked_mean(per_example: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Mean over the examples whose label exists; exactly 0 (with zero gradient) when none does.
+
+  Masked-out entries are replaced before the sum, so a NaN or garbage label under the mask cannot
+  leak into the loss or its gradient.
+  """
+  per_example = per_example.astype(jnp.float32)
+  if mask is None:
+    return per_example.mean()
+  mask = mask.astype(bool)
+  total = jnp.where(mask, per_example, 0.0).sum()
+  return total / jnp.maximum(mask.sum(), 1).astype(jnp.float32)

@@ -1,0 +1,168 @@
+"""The common form of every multi-task optimisation method.
+
+A method is an optax transform over **per-task gradients**: every leaf of `task_grads` has a leading
+axis of size K (what `jax.jacrev` of the K-vector of losses returns), and `losses` (shape [K]) is
+passed as an extra argument::
+
+    tx = optax.chain(mtl_jax.optim.mgda(), optax.adam(1e-3))
+    state = tx.init(params)
+    updates, state = tx.update(task_grads, state, params, losses=losses)
+
+The update returns one combined gradient with the task axis gone.
+
+Most methods return a linear combination `sum_k w_k g_k` of the task gradients, and the weights are
+all the train step needs to know. Two families say so, which lets the step avoid work:
+
+* **loss weighting** (`ew`, `uw`, `dwa`, ...): `w = loss_weights(state, losses)` needs no gradient at
+  all, so the step runs one backward pass of `sum_k w_k L_k` ("weighted" mode). The state moves on
+  with `advance(state, losses, w)`.
+* **Gramian weighting** (`mgda`, ...): `w, state = gramian_weights(G, losses, state)` with
+  `G = J J^T` (K x K). The Gramian can come from the parameter Jacobian ("jacobian" mode) or from the
+  gradients at the shared representation ("rep" mode), so the step never needs to materialise the
+  full Jacobian in "rep" mode.
+
+Methods that are neither (elementwise ones such as GradDrop) implement `update` directly and run in
+"jacobian" mode only.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtl_jax.errors import UserError
+
+PyTree = Any
+LossWeightsFn = Callable[[Any, jax.Array], jax.Array]  # (state, losses) -> w
+AdvanceFn = Callable[[Any, jax.Array, jax.Array], Any]  # (state, losses, w) -> state
+GramianWeightsFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+LOSS_WEIGHTING = 'loss_weighting'
+GRAMIAN = 'gramian'
+ELEMENTWISE = 'elementwise'
+
+MODES = ('weighted', 'jacobian', 'rep')
+
+
+class MultiTaskTransformation(optax.GradientTransformationExtraArgs):
+  """An optax transform over per-task gradients, annotated with what the train step may exploit.
+
+  It is a real `optax.GradientTransformationExtraArgs` (so `optax.chain` passes `losses=` through),
+  with these extra attributes:
+
+  * `name`: the registry name.
+  * `family`: `'loss_weighting'`, `'gramian'` or `'elementwise'`.
+  * `modes`: the gradient modes the train step may use with it, preferred first.
+  * `loss_weights(state, losses) -> w` and `advance(state, losses, w) -> state` (loss weighting).
+  * `gramian_weights(gramian, losses, state) -> (w, state)` (Gramian weighting).
+  * `weights_task_params`: whether task-specific parameters receive `w_k * grad L_k` (loss
+    weighting: the weighted loss is the objective) or the plain `grad L_k` (gradient aggregation,
+    as in LibMTL, whose weights only arbitrate the shared parameters).
+  """
+
+  name: str
+  family: str
+  modes: tuple[str, ...]
+  loss_weights: Optional[LossWeightsFn]
+  advance: Optional[AdvanceFn]
+  gramian_weights: Optional[GramianWeightsFn]
+  weights_task_params: bool
+
+
+def _make(init, update, **attrs) -> MultiTaskTransformation:
+  tx = MultiTaskTransformation(init, update)
+  for key, value in attrs.items():
+    setattr(tx, key, value)
+  return tx
+
+
+def check_losses(task_grads: PyTree, losses: Optional[jax.Array], name: str) -> jax.Array:
+  """Validates the extra argument at trace time, with a message that says what to pass."""
+  if losses is None:
+    raise UserError(
+        f'mtl_jax.optim.{name}: pass the per-task losses, '
+        f'e.g. tx.update(task_grads, state, params, losses=losses)')
+  losses = jnp.asarray(losses)
+  leaves = jax.tree.leaves(task_grads)
+  if losses.ndim != 1:
+    raise UserError(f'mtl_jax.optim.{name}: losses must have shape [K], got {losses.shape}')
+  for leaf in leaves:
+    if leaf.ndim == 0 or leaf.shape[0] != losses.shape[0]:
+      raise UserError(
+          f'mtl_jax.optim.{name}: every task_grads leaf needs a leading task axis of size '
+          f'K={losses.shape[0]} (the number of losses); got a leaf of shape {leaf.shape}')
+  return losses
+
+
+def gramian(task_grads: PyTree) -> jax.Array:
+  """G = J J^T over all leaves (K x K), accumulated in float32 whatever the gradients' dtype."""
+  leaves = jax.tree.leaves(task_grads)
+  if not leaves:
+    raise UserError('the Gramian of an empty gradient tree is undefined: no shared parameters?')
+  num_tasks = leaves[0].shape[0]
+  total = jnp.zeros((num_tasks, num_tasks), jnp.float32)
+  for leaf in leaves:
+    flat = leaf.reshape(num_tasks, -1)
+    total = total + jnp.einsum(
+        'kp,lp->kl', flat, flat, preferred_element_type=jnp.float32,
+        precision=jax.lax.Precision.HIGHEST)
+  return total
+
+
+def combine(weights: jax.Array, task_grads: PyTree) -> PyTree:
+  """sum_k w_k g_k, leaf by leaf, in the leaves' own dtype."""
+  def leaf_sum(leaf):
+    w = weights.astype(jnp.promote_types(leaf.dtype, jnp.float32))
+    return jnp.tensordot(w, leaf.astype(w.dtype), axes=1).astype(leaf.dtype)
+  return jax.tree.map(leaf_sum, task_grads)
+
+
+def loss_weighting(
+    name: str,
+    init_state: Callable[[], Any],
+    loss_weights: LossWeightsFn,
+    advance: Optional[AdvanceFn] = None,
+) -> MultiTaskTransformation:
+  """Builds a loss-weighting method from its weight rule and its state transition."""
+  advance = advance or (lambda state, losses, w: state)
+
+  def init(params):
+    del params
+    return init_state()
+
+  def update(task_grads, state, params=None, *, losses=None, **extra_args):
+    del params, extra_args
+    losses = check_losses(task_grads, losses, name)
+    w = jax.lax.stop_gradient(loss_weights(state, losses))
+    return combine(w, task_grads), advance(state, losses, w)
+
+  return _make(init, update, name=name, family=LOSS_WEIGHTING,
+               modes=('weighted', 'jacobian', 'rep'), loss_weights=loss_weights,
+               advance=advance, gramian_weights=None, weights_task_params=True)
+
+
+def gramian_weighting(
+    name: str,
+    init_state: Callable[[], Any],
+    gramian_weights: GramianWeightsFn,
+) -> MultiTaskTransformation:
+  """Builds a method whose output is `sum_k w_k g_k` with `w` a function of G = J J^T."""
+
+  def init(params):
+    del params
+    return init_state()
+
+  def update(task_grads, state, params=None, *, losses=None, **extra_args):
+    del params, extra_args
+    losses = check_losses(task_grads, losses, name)
+    w, state = gramian_weights(gramian(task_grads), losses, state)
+    return combine(jax.lax.stop_gradient(w), task_grads), state
+
+  return _make(init, update, name=name, family=GRAMIAN, modes=('jacobian', 'rep'),
+               loss_weights=None, advance=None, gramian_weights=gramian_weights,
+               weights_task_params=False)
+
+
+class EmptyState(NamedTuple):
+  """State of a stateless method."""

@@ -1,0 +1,103 @@
+"""A task: what is predicted, how it is scored, and how its labels must look."""
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from mtl_jax import losses as losses_lib
+from mtl_jax import metrics as metrics_lib
+from mtl_jax.errors import UnknownNameError, UserError
+
+KINDS = ('binary', 'multiclass', 'multilabel', 'regression')
+
+DEFAULT_METRICS = {
+    'binary': ('auc', 'accuracy', 'f1'),
+    'multiclass': ('accuracy', 'f1'),
+    'multilabel': ('auc', 'accuracy', 'f1'),
+    'regression': ('rmse', 'mae'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task of a multi-task problem.
+
+  Attributes:
+    name: the task's name (also the key of its labels and outputs).
+    kind: 'binary' (labels [B] in {0,1}), 'multiclass' (integer labels [B] in [0, num_outputs)),
+      'multilabel' (labels [B, num_outputs] in {0,1}) or 'regression' (targets [B], or
+      [B, num_outputs] when num_outputs > 1).
+    num_outputs: classes, labels or regression targets; 1 for binary.
+    metrics: metric names from `mtl_jax.metrics.METRICS`; defaults by kind.
+  """
+
+  name: str
+  kind: str
+  num_outputs: int = 1
+  metrics: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise UserError(f'task {self.name!r}: unknown kind {self.kind!r}; valid: {", ".join(KINDS)}')
+    if self.kind == 'binary' and self.num_outputs != 1:
+      raise UserError(f'task {self.name!r}: a binary task has num_outputs=1')
+    if self.kind == 'multiclass' and self.num_outputs < 2:
+      raise UserError(f'task {self.name!r}: a multiclass task needs num_outputs >= 2')
+    if not self.metrics:
+      object.__setattr__(self, 'metrics', DEFAULT_METRICS[self.kind])
+    for metric in self.metrics:
+      if metric not in metrics_lib.METRICS:
+        raise UnknownNameError(
+            f'task {self.name!r}: unknown metric {metric!r}; valid: '
+            f'{", ".join(sorted(metrics_lib.METRICS))}')
+
+  @property
+  def output_size(self) -> int:
+    """Width of the head's output layer."""
+    return self.num_outputs
+
+  def loss(self, outputs: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Masked mean of the per-example loss."""
+    return losses_lib.masked_mean(losses_lib.BY_KIND[self.kind](outputs, labels), mask)
+
+  def evaluate(self, outputs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None):
+    return {name: metrics_lib.METRICS[name](self.kind, outputs, labels, mask)
+            for name in self.metrics}
+
+  def check_labels(self, labels: np.ndarray, mask: np.ndarray | None, where: str) -> None:
+    """Raises a UserError naming the task, the place and the offending value."""
+    labels = np.asarray(labels)
+    if mask is not None:
+      labels = labels[np.asarray(mask, bool)]
+    if labels.size == 0:
+      return
+    if self.kind == 'regression':
+      if not np.all(np.isfinite(labels)):
+        raise UserError(f'task {self.name!r}: non-finite regression target in {where}')
+      return
+    if self.kind == 'multiclass':
+      bad = (labels < 0) | (labels >= self.num_outputs) | (labels != np.round(labels))
+      expected = f'integers in [0, {self.num_outputs})'
+    else:
+      bad = (labels != 0) & (labels != 1)
+      expected = '0 or 1'
+    if np.any(bad):
+      raise UserError(
+          f'task {self.name!r}: label {labels[bad].flat[0]!r} out of range in {where}; '
+          f'a {self.kind} task expects {expected}')
+
+
+def select(available: Sequence[Task], names: Sequence[str], dataset: str) -> tuple[Task, ...]:
+  """The tasks named in the config, in the config's order; unknown names list the valid ones."""
+  by_name = {task.name: task for task in available}
+  if not names:
+    raise UserError(f'no tasks selected; dataset {dataset!r} has: {", ".join(by_name)}')
+  for name in names:
+    if name not in by_name:
+      raise UnknownNameError(
+          f'unknown task {name!r} for dataset {dataset!r}; valid tasks: {", ".join(by_name)}')
+  if len(set(names)) != len(names):
+    raise UserError(f'a task is listed twice: {list(names)}')
+  return tuple(by_name[name] for name in names)
