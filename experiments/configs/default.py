@@ -1,0 +1,57 @@
+"""The default experiment: Census-Income (KDD), the MMoE paper's two tasks.
+
+Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts",
+KDD 2018, §5.2: income > 50k and never-married, predicted from the other columns. A hard-shared MLP
+with equal weighting, beside one single-task model per task with the same trunk and budget.
+
+    python launch.py                                    # this config
+    python launch.py --config.method=mgda --config.mode=rep
+    python launch.py --config=experiments/configs/default.py:soft
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Kept keys (every experiment has them).
+  config.seed = 0
+  config.num_train_steps = 3000
+  config.batch_size = 512
+  config.learning_rate = 1e-3
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  config.method = 'ew'
+  config.arch = 'hard'
+
+  config.method_kwargs = ml_collections.ConfigDict()
+  config.mode = 'auto'  # 'weighted' | 'jacobian' | 'rep'; auto: the method's preferred mode
+
+  config.dataset = 'census_income'
+  config.tasks = ('income', 'never_married')
+  config.data_dir = ''  # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+
+  config.encoder = 'mlp'
+  config.encoder_kwargs = ml_collections.ConfigDict({'hidden_sizes': (128, 64), 'dropout': 0.1})
+  config.embed_dim = 8
+  config.head_hidden_sizes = ()
+  config.soft_sharing_strength = 0.0
+
+  config.lr_schedule = 'cosine'
+  config.warmup_steps = 100
+  config.weight_decay = 0.0
+  config.grad_clip_norm = 0.0
+
+  config.log_every_steps = 250
+  config.eval_batch_size = 8192
+  config.best_metric = 'val/avg/auc'
+  config.keep_best = 2
+  config.early_stopping_patience = 0
+  config.single_task_baselines = True
+
+  if arg == 'soft':
+    config.arch = 'soft'
+    config.soft_sharing_strength = 1e-3
+  elif arg:
+    raise ValueError(f'unknown config argument {arg!r}; valid: "" or "soft"')
+  return config

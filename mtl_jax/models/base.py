@@ -1,0 +1,95 @@
+"""The model contract: pure functions over a variables pytree with `shared` and `tasks` parameters.
+
+    variables = {'params': {'shared': Θ_s, 'tasks': {name: Θ_k}, <group>: ...},
+                 <collection>: same layout}          # e.g. 'batch_stats'
+
+* `init(rng, inputs) -> variables`
+* `apply(variables, inputs, *, train=False, rngs=None, mutable=False) -> {task: output}`
+  (with `mutable=True`: `(outputs, updated_collections)`, like Linen)
+* `encode` / `decode`: inputs -> shared representation z -> outputs, for architectures that have a
+  single shared representation (`has_shared_representation`); the "rep" gradient mode needs them.
+  `encode` reads only `shared` parameters and `decode` only the others.
+
+Architectures that need more than `shared` and `tasks` put it under a named key and declare it in
+`param_groups` as 'shared' or 'tasks' (which decides how the train step differentiates it).
+"""
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+
+from mtl_jax.errors import UserError
+
+PyTree = Any
+
+
+def subtree(variables: Mapping, *path: str) -> dict:
+  """For every collection, the node at `path` (collections without it are left out)."""
+  out = {}
+  for collection, tree in variables.items():
+    node = tree
+    for key in path:
+      if not isinstance(node, Mapping) or key not in node:
+        node = None
+        break
+      node = node[key]
+    if node is not None:
+      out[collection] = node
+  return out
+
+
+def nest(parts: Mapping[tuple[str, ...], Mapping]) -> dict:
+  """Inverse of `subtree`: {path: {collection: node}} -> {collection: nested by path}."""
+  out: dict = {}
+  for path, collections in parts.items():
+    for collection, node in collections.items():
+      target = out.setdefault(collection, {})
+      for key in path[:-1]:
+        target = target.setdefault(key, {})
+      target[path[-1]] = node
+  return out
+
+
+def component_rngs(rngs: Mapping[str, jax.Array] | None, index: int):
+  """Independent streams per component, so trunk and heads never share a dropout mask."""
+  if not rngs:
+    return None
+  return {name: jax.random.fold_in(key, index) for name, key in rngs.items()}
+
+
+def call(module: nn.Module, variables: Mapping, x, *, train: bool, rngs, mutable: bool):
+  """Applies a Linen module; returns (output, updated non-param collections)."""
+  collections = [c for c in variables if c != 'params'] if (mutable and train) else []
+  if collections:
+    return module.apply(variables, x, train=train, rngs=rngs, mutable=collections)
+  return module.apply(variables, x, train=train, rngs=rngs), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiTaskModel:
+  """Base class: subclasses implement `init`, `apply` and, if they have one, `encode`/`decode`."""
+
+  task_names: tuple[str, ...]
+  # Which gradient group each top-level params key belongs to.
+  param_groups: Mapping[str, str] = dataclasses.field(
+      default_factory=lambda: {'shared': 'shared', 'tasks': 'tasks'})
+  has_shared_representation: bool = False
+
+  def init(self, rng: jax.Array, inputs) -> PyTree:
+    raise NotImplementedError
+
+  def apply(self, variables, inputs, *, train=False, rngs=None, mutable=False):
+    raise NotImplementedError
+
+  def encode(self, variables, inputs, *, train=False, rngs=None, mutable=False):
+    raise UserError(f'{type(self).__name__} has no single shared representation; '
+                    'use gradient mode "jacobian" or "weighted", not "rep"')
+
+  def decode(self, variables, features, *, train=False, rngs=None, mutable=False):
+    raise UserError(f'{type(self).__name__} has no single shared representation; '
+                    'use gradient mode "jacobian" or "weighted", not "rep"')
+
+  def shared_keys(self) -> Sequence[str]:
+    return [key for key, group in self.param_groups.items() if group == 'shared']

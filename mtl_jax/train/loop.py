@@ -1,0 +1,248 @@
+"""`train_and_evaluate(config, workdir)`: the flat, resumable training loop.
+
+Everything that can be wrong with the config or the data is checked in `setup` before anything is
+compiled; the loop itself reads top to bottom: restore, then step / log / evaluate / checkpoint.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mtl_jax import data as data_lib
+from mtl_jax import metrics as metrics_lib
+from mtl_jax import models
+from mtl_jax import optim
+from mtl_jax import tasks as tasks_lib
+from mtl_jax.errors import UserError
+from mtl_jax.train import checkpoint as checkpoint_lib
+from mtl_jax.train import sharding
+from mtl_jax.train import step as step_lib
+from mtl_jax.train import writers
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run is made of, built and validated before the first compile."""
+
+  config: ml_collections.ConfigDict
+  mesh: Any
+  tasks: tuple
+  spec: Any
+  columns: dict  # split -> column arrays
+  model: models.MultiTaskModel
+  method: optim.MultiTaskTransformation
+  optimizer: optax.GradientTransformation
+  mode: str
+
+
+@functools.lru_cache(maxsize=8)
+def _load_split(dataset: str, data_dir: str, split: str):
+  spec = data_lib.get(dataset)
+  builder = data_lib.prepare(spec.builder_cls, data_dir or None)
+  return builder, data_lib.load_columns(builder, split)
+
+
+def make_optimizer(config, model: models.MultiTaskModel) -> optax.GradientTransformation:
+  """[soft-sharing penalty] -> [weight decay] -> [clipping] -> adam(schedule)."""
+  parts = []
+  if config.arch == 'soft' and config.get('soft_sharing_strength', 0.0):
+    parts.append(optim.soft_sharing(
+        config.soft_sharing_strength,
+        mask=lambda params: {k: jax.tree.map(lambda _: k == 'towers', v)
+                             for k, v in params.items()}))
+  if config.get('weight_decay', 0.0):
+    parts.append(optax.add_decayed_weights(config.weight_decay))
+  if config.get('grad_clip_norm', 0.0):
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.get('lr_schedule', 'constant') == 'cosine':
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.get('warmup_steps', 0), config.num_train_steps)
+  elif config.get('lr_schedule', 'constant') == 'constant':
+    learning_rate = config.learning_rate
+  else:
+    raise UserError(f'unknown lr_schedule {config.lr_schedule!r}; valid: constant, cosine')
+  parts.append(optax.adam(learning_rate))
+  return optax.chain(*parts)
+
+
+def _check_best_metric(config, tasks) -> None:
+  parts = config.best_metric.split('/')
+  metric_names = {m for t in tasks for m in t.metrics} | {'loss'}
+  valid = [t.name for t in tasks] + ['avg']
+  if len(parts) != 3 or parts[0] != 'val' or parts[1] not in valid or parts[2] not in metric_names:
+    raise UserError(f'best_metric {config.best_metric!r} must look like val/<task or avg>/<metric> '
+                    f'with a task in {valid} and a metric in {sorted(metric_names)}')
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  """Builds and checks everything; raises UserError with a fix for anything wrong."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  spec = data_lib.get(config.dataset)
+  tasks = tasks_lib.select(spec.tasks, list(config.tasks), config.dataset)
+  method = optim.get(config.method, num_tasks=len(tasks), **dict(config.get('method_kwargs', {})))
+  models.ARCHS.get(config.arch)
+  _check_best_metric(config, tasks)
+  columns = {}
+  for split in ('train', 'validation', 'test'):
+    builder, columns[split] = _load_split(config.dataset, config.get('data_dir', ''), split)
+    data_lib.check_columns(columns[split], tasks, split)
+  input_layer = models.inputs.for_dataset(spec, builder, config)
+  model = models.build(config.arch, tasks, input_layer, config.encoder,
+                       config.get('encoder_kwargs', {}), config.get('head_hidden_sizes', ()))
+  mode = step_lib.resolve_mode(config.get('mode', 'auto'), method, model)
+  return Setup(config, mesh, tasks, spec, columns, model, method, make_optimizer(config, model),
+               mode)
+
+
+def evaluate(s: Setup, variables, split: str, predict) -> dict:
+  """Per-task metrics on a whole split, plus `<split>/avg/<metric>` over tasks that share it."""
+  outputs = {t.name: [] for t in s.tasks}
+  labels = {t.name: [] for t in s.tasks}
+  masks = {t.name: [] for t in s.tasks}
+  batch_size = s.config.get('eval_batch_size', 4096)
+  batch_size -= batch_size % s.mesh.devices.size
+  for batch, valid in data_lib.eval_batches(s.columns[split], batch_size):
+    batch = s.spec.to_batch(batch)
+    local = _local_slice(batch)
+    out = jax.device_get(predict(variables, sharding.put_batch(local['inputs'], s.mesh)))
+    for t in s.tasks:
+      outputs[t.name].append(np.asarray(out[t.name])[valid])
+      labels[t.name].append(np.asarray(batch['labels'][t.name])[valid])
+      masks[t.name].append(np.asarray(batch['label_mask'][t.name])[valid])
+  results, per_metric = {}, {}
+  for t in s.tasks:
+    out, lab, mask = (np.concatenate(x[t.name]) for x in (outputs, labels, masks))
+    scores = t.evaluate(out, lab, mask)
+    scores['loss'] = float(t.loss(jnp.asarray(out), jnp.asarray(lab), jnp.asarray(mask)))
+    for name, value in scores.items():
+      results[f'{split}/{t.name}/{name}'] = value
+      per_metric.setdefault(name, []).append(value)
+  for name, values in per_metric.items():
+    if len(values) == len(s.tasks):
+      results[f'{split}/avg/{name}'] = float(np.mean(values))
+  return results
+
+
+def _local_slice(batch):
+  """This process's rows of a batch every process holds whole."""
+  count, index = jax.process_count(), jax.process_index()
+  return jax.tree.map(lambda x: np.split(np.asarray(x), count)[index], batch)
+
+
+def _summarise(task_names, history) -> dict:
+  """Host-side means of the step metrics since the last log."""
+  stacked = jax.device_get(history)
+  losses = np.mean([m['losses'] for m in stacked], axis=0)
+  weights = np.mean([m['weights'] for m in stacked], axis=0)
+  out = {}
+  for i, name in enumerate(task_names):
+    out[f'train/{name}/loss'] = losses[i]
+    out[f'train/weights/{name}'] = weights[i]
+  out['train/grad_norm'] = float(np.mean([m['grad_norm'] for m in stacked]))
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if a checkpoint is there) and returns the final metrics:
+  validation and test metrics of the best checkpoint by `config.best_metric`."""
+  s = setup(config)
+  higher = metrics_lib.HIGHER_IS_BETTER[config.best_metric.split('/')[-1]]
+  task_names = [t.name for t in s.tasks]
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.best_metric,
+                                     higher, config.get('keep_best', 2))
+  writer = writers.MetricWriter(workdir)
+  replicated = sharding.replicated(s.mesh)
+
+  train_iter = data_lib.train_iterator(
+      s.columns['train'], config.batch_size, config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      transform=s.spec.to_batch)
+  example = s.spec.to_batch(data_lib.first_rows(s.columns['train'], 2))
+  state = jax.jit(
+      lambda rng: step_lib.create_state(s.model, s.method, s.optimizer, rng, example['inputs']),
+      out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+
+  start = ckpt.latest_step()
+  if start is not None:
+    state, train_iter, saved_config = ckpt.restore(
+        start, checkpoint_lib.abstract(state, replicated), train_iter)
+    _warn_config_changes(saved_config, config)
+    print(f'Resumed from step {start} in {workdir}', flush=True)
+  start = int(state.step)
+
+  train_step = sharding.jit_train_step(
+      step_lib.make_train_step(s.model, s.tasks, s.method, s.optimizer, s.mode), s.mesh)
+  predict = jax.jit(lambda variables, inputs: s.model.apply(variables, inputs, train=False),
+                    out_shardings=replicated)
+  progress = writers.Progress(config.num_train_steps, start, prefix=config.get('log_prefix', ''))
+
+  history, best, evals_without_improvement = [], None, 0
+  log_every = config.get('log_every_steps', 100)
+  patience = config.get('early_stopping_patience', 0)
+  for step in range(start + 1, config.num_train_steps + 1):
+    batch = sharding.put_batch(next(train_iter), s.mesh)
+    state, step_metrics = train_step(state, batch)
+    history.append(step_metrics)
+
+    is_last = step == config.num_train_steps
+    if step % log_every == 0 or is_last:
+      scalars = _summarise(task_names, history)
+      scalars['train/skipped_steps'] = int(state.skipped_steps)
+      history = []
+      writer.write(step, scalars)
+      progress.update(step, {k.split('/')[1]: v for k, v in scalars.items()
+                             if k.endswith('/loss')} | {'skipped': scalars['train/skipped_steps']})
+
+    val = None
+    if step % config.eval_every_steps == 0 or step % config.checkpoint_every_steps == 0 or is_last:
+      val = evaluate(s, state.variables, 'validation', predict)
+      writer.write(step, val)
+      metric = val[config.best_metric]
+      improved = best is None or (metric > best if higher else metric < best)
+      best, evals_without_improvement = (metric, 0) if improved else (best, evals_without_improvement + 1)
+    stop_early = bool(patience) and evals_without_improvement >= patience
+    if step % config.checkpoint_every_steps == 0 or is_last or stop_early:
+      if not math.isfinite(val[config.best_metric]):
+        print(f'step {step}: validation metric is not finite; checkpoint not written', flush=True)
+      else:
+        ckpt.save(step, state, train_iter, config.to_dict(), {config.best_metric: val[config.best_metric]})
+    if stop_early:
+      print(f'Early stopping at step {step}: {config.best_metric} has not improved in '
+            f'{patience} evaluations', flush=True)
+      break
+  writer.flush()
+
+  best_step = ckpt.best_step()
+  if best_step is not None and best_step != int(state.step):
+    state, _, _ = ckpt.restore(best_step, checkpoint_lib.abstract(state, replicated))
+  final = {**evaluate(s, state.variables, 'validation', predict),
+           **evaluate(s, state.variables, 'test', predict)}
+  final['best_step'] = int(state.step)
+  final['skipped_steps'] = int(state.skipped_steps)
+  writer.write(int(state.step), {f'final/{k}': v for k, v in final.items()})
+  writer.close()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(final, f, indent=1, sort_keys=True)
+  return final
+
+
+def _warn_config_changes(saved: dict, config) -> None:
+  current = json.loads(json.dumps(config.to_dict()))
+  changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  if changed:
+    print(f'Warning: resuming with a config that differs from the checkpoint in: '
+          f'{", ".join(changed)}', flush=True)

@@ -1,0 +1,195 @@
+"""One training step: forward, per-task losses, the method's gradient, the optimiser, as one program.
+
+Gradient modes (DESIGN.md §1):
+
+* "weighted": `w = method.loss_weights(state, L)`, then one backward pass of Σ_k w_k L_k.
+* "jacobian": J_k = ∇_Θs L_k for every task (K vector-Jacobian products, vmapped over one forward
+  pass); the method combines them (through G = J Jᵀ for Gramian methods).
+* "rep": Z_k = ∇_z L_k at the shared representation z; G = Z Zᵀ gives the weights, and one VJP of
+  Σ_k w_k Z_k through the trunk gives the shared gradient. Needs `model.has_shared_representation`.
+
+Task-specific parameters get Σ_k c_k ∇L_k with c = w for loss-weighting methods (the weighted loss
+is the objective, so all three modes agree) and c = 1 for gradient-aggregation methods (their
+weights arbitrate the shared parameters only, as in LibMTL).
+
+A step whose losses or gradients are not all finite changes nothing but `step` and
+`skipped_steps`: parameters, optimiser state, method state and collections stay as they were.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtl_jax.errors import UserError
+from mtl_jax.models.base import MultiTaskModel
+from mtl_jax.optim import base as optim_base
+from mtl_jax.tasks import Task
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  collections: PyTree  # non-trainable model variables, e.g. batch_stats
+  opt_state: PyTree
+  mtl_state: PyTree
+  rng: jax.Array  # raw uint32 key: checkpoints store it as a plain array
+  skipped_steps: jax.Array
+
+  @property
+  def variables(self):
+    return {'params': self.params, **self.collections}
+
+
+def create_state(model: MultiTaskModel, method, optimizer: optax.GradientTransformation,
+                 rng: jax.Array, example_inputs) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, example_inputs)
+  params = variables['params']
+  collections = {k: v for k, v in variables.items() if k != 'params'}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, collections=collections,
+      opt_state=optimizer.init(params), mtl_state=method.init(shared_params(model, params)),
+      rng=state_rng, skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def shared_params(model: MultiTaskModel, params: PyTree) -> dict:
+  return {k: params[k] for k in model.shared_keys() if k in params}
+
+
+def _split(model, params):
+  shared = shared_params(model, params)
+  rest = {k: v for k, v in params.items() if k not in shared}
+  return shared, rest
+
+
+def task_losses(tasks: Sequence[Task], outputs: dict, batch: dict) -> jax.Array:
+  masks = batch.get('label_mask', {})
+  return jnp.stack([task.loss(outputs[task.name], batch['labels'][task.name], masks.get(task.name))
+                    for task in tasks])
+
+
+def resolve_mode(mode: str, method, model: MultiTaskModel) -> str:
+  """The gradient mode to use, or a UserError saying why the requested one cannot work."""
+  if mode == 'auto':
+    mode = method.modes[0]
+  if mode not in optim_base.MODES:
+    raise UserError(f'unknown gradient mode {mode!r}; valid: auto, {", ".join(optim_base.MODES)}')
+  if mode not in method.modes:
+    raise UserError(f'method {method.name!r} cannot run in {mode!r} mode; '
+                    f'it supports: {", ".join(method.modes)}')
+  if mode == 'rep' and not model.has_shared_representation:
+    raise UserError(f'{type(model).__name__} has no single shared representation, so "rep" mode '
+                    'is undefined; use mode "jacobian" (or "weighted" for a loss-weighting method)')
+  if mode != 'weighted' and not model.shared_keys():
+    raise UserError(f'{type(model).__name__} has no shared parameters to arbitrate')
+  return mode
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
+                    optimizer: optax.GradientTransformation, mode: str) -> Callable:
+  """Returns `train_step(state, batch) -> (state, metrics)`, pure and jittable."""
+  mode = resolve_mode(mode, method, model)
+  num_tasks = len(tasks)
+  task_weighting = method.weights_task_params
+
+  def forward(state, params, inputs, rngs):
+    variables = {'params': params, **state.collections}
+    return model.apply(variables, inputs, train=True, rngs=rngs, mutable=True)
+
+  def method_weights(state, losses, gramian_fn):
+    if method.family == optim_base.LOSS_WEIGHTING:
+      w = method.loss_weights(state.mtl_state, losses)
+      return w, method.advance(state.mtl_state, losses, w)
+    return method.gramian_weights(gramian_fn(), losses, state.mtl_state)
+
+  def weighted(state, batch, rngs):
+    def objective(params):
+      outputs, collections = forward(state, params, batch['inputs'], rngs)
+      losses = task_losses(tasks, outputs, batch)
+      w = jax.lax.stop_gradient(method.loss_weights(state.mtl_state, losses))
+      return jnp.dot(w, losses), (losses, w, collections)
+    grads, (losses, w, collections) = jax.grad(objective, has_aux=True)(state.params)
+    return grads, losses, w, method.advance(state.mtl_state, losses, w), collections
+
+  def jacobian(state, batch, rngs):
+    shared, rest = _split(model, state.params)
+
+    def losses_of(shared, rest):
+      outputs, collections = forward(state, {**rest, **shared}, batch['inputs'], rngs)
+      return task_losses(tasks, outputs, batch), collections
+
+    losses, vjp, collections = jax.vjp(losses_of, shared, rest, has_aux=True)
+    jac_shared, jac_rest = jax.vmap(vjp)(jnp.eye(num_tasks, dtype=losses.dtype))
+    if method.family == optim_base.ELEMENTWISE:
+      shared_grad, mtl_state = method.update(jac_shared, state.mtl_state, shared, losses=losses)
+      w = jnp.ones(num_tasks)
+    else:
+      w, mtl_state = method_weights(state, losses, lambda: optim_base.gramian(jac_shared))
+      shared_grad = optim_base.combine(jax.lax.stop_gradient(w), jac_shared)
+    c = jax.lax.stop_gradient(w) if task_weighting else jnp.ones(num_tasks)
+    grads = {**optim_base.combine(c, jac_rest), **shared_grad}
+    return grads, losses, w, mtl_state, collections
+
+  def representation(state, batch, rngs):
+    shared, rest = _split(model, state.params)
+    inputs = batch['inputs']
+
+    def encode(shared):
+      variables = {'params': {**rest, **shared}, **state.collections}
+      return model.encode(variables, inputs, train=True, rngs=rngs, mutable=True)
+
+    def decode(features, rest):
+      variables = {'params': {**rest, **shared}, **state.collections}
+      outputs, collections = model.decode(variables, features, train=True, rngs=rngs,
+                                          mutable=True)
+      return task_losses(tasks, outputs, batch), collections
+
+    features, encode_vjp, encode_collections = jax.vjp(encode, shared, has_aux=True)
+    losses, decode_vjp, decode_collections = jax.vjp(decode, features, rest, has_aux=True)
+    rep_grads, jac_rest = jax.vmap(decode_vjp)(jnp.eye(num_tasks, dtype=losses.dtype))
+    w, mtl_state = method_weights(state, losses, lambda: optim_base.gramian(rep_grads))
+    w = jax.lax.stop_gradient(w)
+    (shared_grad,) = encode_vjp(optim_base.combine(w, rep_grads))
+    c = w if task_weighting else jnp.ones(num_tasks)
+    grads = {**optim_base.combine(c, jac_rest), **shared_grad}
+    collections = _merge(encode_collections, decode_collections)
+    return grads, losses, w, mtl_state, collections
+
+  compute = {'weighted': weighted, 'jacobian': jacobian, 'rep': representation}[mode]
+
+  def train_step(state: TrainState, batch: dict):
+    rngs = {'dropout': jax.random.fold_in(state.rng, state.step)}
+    grads, losses, w, mtl_state, collections = compute(state, batch, rngs)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = _all_finite(losses) & _all_finite(grads)
+    proposed = state.replace(params=params, opt_state=opt_state, mtl_state=mtl_state,
+                             collections=_merge(state.collections, collections))
+    # Select leaf by leaf, so a rejected step leaves every piece of state untouched.
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), proposed, state)
+    kept = kept.replace(step=state.step + 1,
+                        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    metrics = {'losses': losses, 'weights': jnp.asarray(w, jnp.float32),
+               'grad_norm': optax.global_norm(grads), 'finite': finite}
+    return kept, metrics
+
+  train_step.mode = mode
+  return train_step
+
+
+def _merge(a: dict, b: dict) -> dict:
+  out = dict(a)
+  for key, value in b.items():
+    out[key] = _merge(out[key], value) if isinstance(value, dict) and key in out else value
+  return out
