@@ -1,0 +1,35 @@
+"""Datasets as tfds builders (ArrayRecord, no TensorFlow) read into memory and batched with grain.
+
+    spec = data.get('census_income')
+    builder = data.prepare(spec.builder_cls, data_dir)
+    columns = data.load_columns(builder, 'train')
+    data.check_columns(columns, tasks, 'train')
+    it = data.train_iterator(columns, batch_size, seed, process_index, process_count,
+                             transform=spec.to_batch)
+    batch = next(it)  # {'inputs': ..., 'labels': {task: ...}, 'label_mask': {task: ...}}
+    for rows, valid in data.eval_batches(columns, eval_batch_size):
+      batch = spec.to_batch(rows)  # padded rows: `valid` is False there
+
+See `pipeline` for the batch format and the iterator's guarantees, `census` for the dataset.
+"""
+
+from mtl_jax.data.census import CensusIncome, TASKS as CENSUS_TASKS
+from mtl_jax.data.pipeline import (
+    LocalBuilder,
+    check_columns,
+    eval_batches,
+    first_rows,
+    gather,
+    load_columns,
+    num_rows,
+    prepare,
+    to_batch,
+    train_iterator,
+)
+from mtl_jax.data.registry import DATASETS, DatasetSpec, get
+
+__all__ = [
+    'CENSUS_TASKS', 'CensusIncome', 'DATASETS', 'DatasetSpec', 'LocalBuilder', 'check_columns',
+    'eval_batches', 'first_rows', 'gather', 'get', 'load_columns', 'num_rows', 'prepare',
+    'to_batch', 'train_iterator',
+]

@@ -1,0 +1,68 @@
+"""Datasets by name: what to build, which tasks it offers, and how rows become batches."""
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from mtl_jax.data import census
+from mtl_jax.data import pipeline
+from mtl_jax.registry import Registry
+from mtl_jax.tasks import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A dataset the trainer can use.
+
+  Attributes:
+    name: the registry name (`--config.dataset`).
+    builder_cls: its tfds builder class (prepared with `pipeline.prepare`).
+    tasks: every task it offers; each task's labels are the column named as the task.
+    input_kind: what the inputs are, for choosing an encoder ('tabular', ...).
+    input_keys: the columns that are inputs; None: every column that is not a task label.
+    input_info_fn: builder -> dict of facts an encoder needs (e.g. vocabulary sizes).
+    batch_fn: (rows, spec, tasks) -> trainer batch; default `pipeline.to_batch`.
+  """
+
+  name: str
+  builder_cls: type
+  tasks: tuple[Task, ...]
+  input_kind: str = 'tabular'
+  input_keys: tuple[str, ...] | None = None
+  input_info_fn: Callable[[Any], dict] | None = None
+  batch_fn: Callable[..., dict] = pipeline.to_batch
+
+  def input_info(self, builder) -> dict:
+    """Facts about the inputs that models need, read from the prepared builder."""
+    return {} if self.input_info_fn is None else self.input_info_fn(builder)
+
+  def to_batch(self, rows: dict, tasks: Sequence[Task] | None = None) -> dict:
+    """Gathered rows -> {'inputs', 'labels', 'label_mask'} for `tasks` (default: all)."""
+    return self.batch_fn(rows, self, tasks)
+
+
+def _census_input_info(builder) -> dict:
+  metadata = builder.info.metadata
+  return {
+      'vocab_sizes': list(metadata['vocab_sizes']),
+      'categorical_columns': list(metadata['categorical_columns']),
+      'numeric_columns': list(metadata['numeric_columns']),
+      'num_categorical': len(metadata['categorical_columns']),
+      'num_numeric': len(metadata['numeric_columns']),
+  }
+
+
+DATASETS: Registry[DatasetSpec] = Registry('dataset')
+
+CENSUS_INCOME = DATASETS.register('census_income', DatasetSpec(
+    name='census_income',
+    builder_cls=census.CensusIncome,
+    tasks=census.TASKS,
+    input_kind='tabular',
+    input_keys=('categorical', 'numeric'),
+    input_info_fn=_census_input_info,
+))
+
+
+def get(name: str) -> DatasetSpec:
+  """The registered dataset `name`; UnknownNameError listing the valid names otherwise."""
+  return DATASETS.get(name)
