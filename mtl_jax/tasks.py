@@ -59,7 +59,14 @@ class Task:
     return self.num_outputs
 
   def loss(self, outputs: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Masked mean of the per-example loss."""
+    """Masked mean of the per-example loss.
+
+    Labels under the mask are replaced by 0 before the loss: `where` alone would zero the forward
+    value but a NaN label would still reach the gradient as NaN * 0.
+    """
+    if mask is not None:
+      keep = mask.astype(bool).reshape(mask.shape + (1,) * (labels.ndim - mask.ndim))
+      labels = jax.numpy.where(keep, labels, jax.numpy.zeros_like(labels))
     return losses_lib.masked_mean(losses_lib.BY_KIND[self.kind](outputs, labels), mask)
 
   def evaluate(self, outputs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None):

@@ -76,6 +76,8 @@ class MultiTaskModel:
   param_groups: Mapping[str, str] = dataclasses.field(
       default_factory=lambda: {'shared': 'shared', 'tasks': 'tasks'})
   has_shared_representation: bool = False
+  # False when `shared` is empty (e.g. soft sharing): gradient aggregation has nothing to act on.
+  has_shared_parameters: bool = True
 
   def init(self, rng: jax.Array, inputs) -> PyTree:
     raise NotImplementedError

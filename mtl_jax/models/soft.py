@@ -25,6 +25,7 @@ class SoftSharing(base.MultiTaskModel):
   heads: Mapping[str, nn.Module] = None
   param_groups: Mapping[str, str] = dataclasses.field(
       default_factory=lambda: {'shared': 'shared', 'towers': 'tasks', 'tasks': 'tasks'})
+  has_shared_parameters: bool = False
 
   def init(self, rng, inputs):
     num_tasks = len(self.task_names)

@@ -40,7 +40,7 @@ class Setup:
   spec: Any
   columns: dict  # split -> column arrays
   model: models.MultiTaskModel
-  method: optim.MultiTaskTransformation
+  method: Any  # optim.MultiTaskTransformation
   optimizer: optax.GradientTransformation
   mode: str
 

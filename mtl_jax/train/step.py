@@ -86,8 +86,9 @@ def resolve_mode(mode: str, method, model: MultiTaskModel) -> str:
   if mode == 'rep' and not model.has_shared_representation:
     raise UserError(f'{type(model).__name__} has no single shared representation, so "rep" mode '
                     'is undefined; use mode "jacobian" (or "weighted" for a loss-weighting method)')
-  if mode != 'weighted' and not model.shared_keys():
-    raise UserError(f'{type(model).__name__} has no shared parameters to arbitrate')
+  if mode != 'weighted' and not model.has_shared_parameters:
+    raise UserError(f'{type(model).__name__} has no shared parameters for method '
+                    f'{method.name!r} to arbitrate; use a loss-weighting method (mode "weighted")')
   return mode
 
 
@@ -181,7 +182,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     kept = kept.replace(step=state.step + 1,
                         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
     metrics = {'losses': losses, 'weights': jnp.asarray(w, jnp.float32),
-               'grad_norm': optax.global_norm(grads), 'finite': finite}
+               'grad_norm': optax.tree.norm(grads), 'finite': finite}
     return kept, metrics
 
   train_step.mode = mode
