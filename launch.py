@@ -7,7 +7,7 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mtl_jax.errors import UserError
@@ -26,7 +26,10 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax and tfds log every save and read at INFO
   import jax  # After flag parsing, so --help is fast.
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
   if _COORDINATOR.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from mtl_jax import train

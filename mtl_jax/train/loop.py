@@ -30,6 +30,9 @@ from mtl_jax.train import step as step_lib
 from mtl_jax.train import writers
 
 
+SPLIT_PREFIX = {'validation': 'val'}
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a run is made of, built and validated before the first compile."""
@@ -106,7 +109,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
 
 
 def evaluate(s: Setup, variables, split: str, predict) -> dict:
-  """Per-task metrics on a whole split, plus `<split>/avg/<metric>` over tasks that share it."""
+  """Per-task metrics on a whole split as `<prefix>/<task>/<metric>`, plus `<prefix>/avg/<metric>`
+  over the tasks that share the metric; prefix 'val' for the validation split."""
+  prefix = SPLIT_PREFIX.get(split, split)
   outputs = {t.name: [] for t in s.tasks}
   labels = {t.name: [] for t in s.tasks}
   masks = {t.name: [] for t in s.tasks}
@@ -126,11 +131,11 @@ def evaluate(s: Setup, variables, split: str, predict) -> dict:
     scores = t.evaluate(out, lab, mask)
     scores['loss'] = float(t.loss(jnp.asarray(out), jnp.asarray(lab), jnp.asarray(mask)))
     for name, value in scores.items():
-      results[f'{split}/{t.name}/{name}'] = value
+      results[f'{prefix}/{t.name}/{name}'] = value
       per_metric.setdefault(name, []).append(value)
   for name, values in per_metric.items():
     if len(values) == len(s.tasks):
-      results[f'{split}/avg/{name}'] = float(np.mean(values))
+      results[f'{prefix}/avg/{name}'] = float(np.mean(values))
   return results
 
 
