@@ -1,0 +1,47 @@
+"""Multi-task optimisation as optax transforms over per-task gradients.
+
+`mtl_jax.optim.<method>(**hyperparameters)` returns a `MultiTaskTransformation` (an
+`optax.GradientTransformationExtraArgs`) whose update maps per-task gradients (leading task axis K)
+and `losses=` (shape [K]) to one combined gradient::
+
+    tx = optax.chain(mtl_jax.optim.mgda(), optax.adam(1e-3))
+    state = tx.init(params)
+    updates, state = tx.update(task_grads, state, params, losses=losses)
+
+`METHODS` maps names to factories; `get(name, num_tasks, **hyperparameters)` builds one by name.
+"""
+
+from mtl_jax.optim.base import (
+    MultiTaskTransformation,
+    combine,
+    gramian,
+    gramian_weighting,
+    loss_weighting,
+)
+from mtl_jax.optim.dwa import dwa
+from mtl_jax.optim.ew import ew
+from mtl_jax.optim.mgda import mgda
+from mtl_jax.optim.registry import METHODS, get
+from mtl_jax.optim.rlw import rlw
+from mtl_jax.optim.soft_sharing import soft_sharing
+from mtl_jax.optim.static import static
+from mtl_jax.optim.task_sampling import task_sampling
+from mtl_jax.optim.uw import uw
+
+__all__ = [
+    'METHODS',
+    'MultiTaskTransformation',
+    'combine',
+    'dwa',
+    'ew',
+    'get',
+    'gramian',
+    'gramian_weighting',
+    'loss_weighting',
+    'mgda',
+    'rlw',
+    'soft_sharing',
+    'static',
+    'task_sampling',
+    'uw',
+]
