@@ -92,7 +92,7 @@ class Task:
       expected = '0 or 1'
     if np.any(bad):
       raise UserError(
-          f'task {self.name!r}: label {labels[bad].flat[0]!r} out of range in {where}; '
+          f'task {self.name!r}: label {labels[bad].flat[0].item()!r} out of range in {where}; '
           f'a {self.kind} task expects {expected}')
 
 
