@@ -21,7 +21,9 @@ from mtl_jax.registry import Registry
 ARCHS = Registry('arch')
 
 
-def _encoder(name: str, kwargs: dict) -> nn.Module:
+def _encoder(name: str | nn.Module, kwargs: dict) -> nn.Module:
+  if isinstance(name, nn.Module):  # a user's own encoder (Linen, or NNX through nnx.bridge)
+    return name
   cls = ENCODERS.get(name)
   try:
     return cls(**kwargs)
@@ -48,8 +50,10 @@ def soft(tasks, input_layer, encoder, encoder_kwargs, head_hidden_sizes=()) -> S
                      heads=_heads(tasks, head_hidden_sizes))
 
 
-def build(arch: str, tasks: Sequence, input_layer: nn.Module, encoder: str = 'mlp',
+def build(arch: str, tasks: Sequence, input_layer: nn.Module, encoder: str | nn.Module = 'mlp',
           encoder_kwargs: dict | None = None, head_hidden_sizes=()) -> MultiTaskModel:
+  """`encoder` is a registered name (configured by `encoder_kwargs`) or any Linen module called as
+  `encoder(x, train=...)`; an NNX module becomes one with `flax.nnx.bridge.ToLinen`."""
   builder = ARCHS.get(arch)
   return builder(tasks, input_layer, encoder, dict(encoder_kwargs or {}), head_hidden_sizes)
 
