@@ -168,8 +168,9 @@ def main():
                               jax.tree.map(lambda x: x[:2], inputs)), mesh)
     ours = lambda carry, b: train_step(carry, b)[0]  # pylint: disable=cell-var-from-loop
     hand = jax.jit(handwritten_step(model, name), donate_argnums=0)
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    hand_carry = sharding.put_replicated((params, zeros, zeros, jnp.zeros((), jnp.int32)), mesh)
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # pylint: disable=unnecessary-lambda-assignment
+    hand_carry = sharding.put_replicated(
+        (jax.tree.map(jnp.copy, params), zeros(), zeros(), jnp.zeros((), jnp.int32)), mesh)
     _, state = time_steps(ours, state, batch, 3)  # compile
     _, hand_carry = time_steps(hand, hand_carry, batch, 3)
     ours_times, hand_times = [], []

@@ -12,7 +12,7 @@ Task-specific parameters get Σ_k c_k ∇L_k with c = w for loss-weighting metho
 is the objective, so all three modes agree) and c = 1 for gradient-aggregation methods (their
 weights arbitrate the shared parameters only, as in LibMTL).
 
-A step whose losses or gradients are not all finite changes nothing but `step` and
+A step whose losses or gradients are not all finite (or whose gradient norm overflows) changes nothing but `step` and
 `skipped_steps`: parameters, optimiser state, method state and collections stay as they were.
 """
 
@@ -92,11 +92,6 @@ def resolve_mode(mode: str, method, model: MultiTaskModel) -> str:
   return mode
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.stack(leaves).all() if leaves else jnp.array(True)
-
-
 def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
                     optimizer: optax.GradientTransformation, mode: str) -> Callable:
   """Returns `train_step(state, batch) -> (state, metrics)`, pure and jittable."""
@@ -172,17 +167,24 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
   def train_step(state: TrainState, batch: dict):
     rngs = {'dropout': jax.random.fold_in(state.rng, state.step)}
     grads, losses, w, mtl_state, collections = compute(state, batch, rngs)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = _all_finite(losses) & _all_finite(grads)
-    proposed = state.replace(params=params, opt_state=opt_state, mtl_state=mtl_state,
-                             collections=_merge(state.collections, collections))
-    # Select leaf by leaf, so a rejected step leaves every piece of state untouched.
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), proposed, state)
+    grad_norm = optax.tree.norm(grads)
+    # One reduction serves both the metric and the guard: a NaN or inf anywhere in the gradient
+    # (or a norm that overflows float32) makes the norm non-finite.
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
+
+    def apply(state):
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      return state.replace(params=optax.apply_updates(state.params, updates),
+                           opt_state=opt_state, mtl_state=mtl_state,
+                           collections=_merge(state.collections, collections))
+
+    # A branch rather than a select over the whole state: a rejected step leaves every piece of
+    # state untouched, and an accepted one does not pay for reading both versions.
+    kept = jax.lax.cond(finite, apply, lambda state: state, state)
     kept = kept.replace(step=state.step + 1,
                         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
     metrics = {'losses': losses, 'weights': jnp.asarray(w, jnp.float32),
-               'grad_norm': optax.tree.norm(grads), 'finite': finite}
+               'grad_norm': grad_norm, 'finite': finite}
     return kept, metrics
 
   train_step.mode = mode
