@@ -146,8 +146,14 @@ def gramian_weighting(
     name: str,
     init_state: Callable[[], Any],
     gramian_weights: GramianWeightsFn,
+    *,
+    weights_task_params: bool = False,
 ) -> MultiTaskTransformation:
-  """Builds a method whose output is `sum_k w_k g_k` with `w` a function of G = J J^T."""
+  """Builds a method whose output is `sum_k w_k g_k` with `w` a function of G = J J^T.
+
+  `weights_task_params=True` for methods whose weights scale the task losses themselves (e.g.
+  GradNorm), so task-specific parameters get `w_k grad L_k` too.
+  """
 
   def init(params):
     del params
@@ -161,7 +167,29 @@ def gramian_weighting(
 
   return _make(init, update, name=name, family=GRAMIAN, modes=('jacobian', 'rep'),
                loss_weights=None, advance=None, gramian_weights=gramian_weights,
-               weights_task_params=False)
+               weights_task_params=weights_task_params)
+
+
+def elementwise(
+    name: str,
+    init: Callable[[PyTree], Any],
+    update: Callable[..., tuple[PyTree, Any]],
+    *,
+    modes: tuple[str, ...] = ('jacobian', 'rep'),
+) -> MultiTaskTransformation:
+  """Builds a method that is not a linear combination of whole task gradients (e.g. GradDrop).
+
+  `init(params)` and `update(task_grads, state, params=None, *, losses, **extra)` are optax's.
+  In "rep" mode the train step calls `update` on the gradients at the shared representation
+  (leaves [K, batch, ...], params=None) and back-propagates the result through the trunk; a
+  method that cannot work on representation gradients leaves "rep" out of `modes`.
+  """
+  def checked_update(task_grads, state, params=None, *, losses=None, **extra_args):
+    losses = check_losses(task_grads, losses, name)
+    return update(task_grads, state, params, losses=losses, **extra_args)
+
+  return _make(init, checked_update, name=name, family=ELEMENTWISE, modes=modes,
+               loss_weights=None, advance=None, gramian_weights=None, weights_task_params=False)
 
 
 class EmptyState(NamedTuple):

@@ -154,9 +154,14 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     features, encode_vjp, encode_collections = jax.vjp(encode, shared, has_aux=True)
     losses, decode_vjp, decode_collections = jax.vjp(decode, features, rest, has_aux=True)
     rep_grads, jac_rest = jax.vmap(decode_vjp)(jnp.eye(num_tasks, dtype=losses.dtype))
-    w, mtl_state = method_weights(state, losses, lambda: optim_base.gramian(rep_grads))
-    w = jax.lax.stop_gradient(w)
-    (shared_grad,) = encode_vjp(optim_base.combine(w, rep_grads))
+    if method.family == optim_base.ELEMENTWISE:
+      combined, mtl_state = method.update(rep_grads, state.mtl_state, None, losses=losses)
+      w = jnp.ones(num_tasks)
+    else:
+      w, mtl_state = method_weights(state, losses, lambda: optim_base.gramian(rep_grads))
+      w = jax.lax.stop_gradient(w)
+      combined = optim_base.combine(w, rep_grads)
+    (shared_grad,) = encode_vjp(combined)
     c = w if task_weighting else jnp.ones(num_tasks)
     grads = {**optim_base.combine(c, jac_rest), **shared_grad}
     collections = _merge(encode_collections, decode_collections)

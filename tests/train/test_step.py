@@ -8,6 +8,7 @@ import pytest
 from scipy import optimize
 
 from mtl_jax import optim
+from mtl_jax.optim import base as optim_base
 from mtl_jax.errors import UserError
 from mtl_jax.train import sharding
 from mtl_jax.train import step as step_lib
@@ -165,3 +166,18 @@ def test_modes_are_checked_before_compiling():
 def test_batch_size_not_divisible_by_devices_is_a_clear_error():
   with pytest.raises(UserError, match='not divisible by the 8 devices'):
     sharding.check_batch_size(100, sharding.make_mesh())
+
+
+def test_elementwise_methods_run_on_representation_gradients_in_rep_mode():
+  """An elementwise method that sums the task gradients must give EW's step in both modes."""
+  summed = optim_base.elementwise(
+      'sum', lambda params: optim_base.EmptyState(),
+      lambda grads, state, params=None, *, losses: (jax.tree.map(lambda g: g.sum(0), grads),
+                                                    state))
+  for mode in ('jacobian', 'rep'):
+    _, example, state, train_step = _setup(summed, mode=mode)
+    _, _, _, ew_step = _setup(optim.ew(), mode='weighted')
+    got = _gradient(state, train_step(state, example)[0])
+    expected = _gradient(state, ew_step(state, example)[0])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                 got, expected)
