@@ -93,10 +93,25 @@ def resolve_mode(mode: str, method, model: MultiTaskModel) -> str:
 
 
 def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
-                    optimizer: optax.GradientTransformation, mode: str) -> Callable:
-  """Returns `train_step(state, batch) -> (state, metrics)`, pure and jittable."""
+                    optimizer: optax.GradientTransformation, mode: str,
+                    jacobian_chunk_size: int = 0) -> Callable:
+  """Returns `train_step(state, batch) -> (state, metrics)`, pure and jittable.
+
+  `jacobian_chunk_size` > 0 computes the per-task gradients ("jacobian" and "rep" modes) that many
+  tasks at a time (`lax.map` over chunks of vmapped VJPs), bounding the memory of the
+  intermediate Jacobian computation at the cost of less parallelism; 0 does all K at once.
+  """
   mode = resolve_mode(mode, method, model)
   num_tasks = len(tasks)
+  if jacobian_chunk_size < 0:
+    raise UserError(f'jacobian_chunk_size must be >= 0, got {jacobian_chunk_size}')
+
+  def per_task(vjp, dtype):
+    """The VJP against every basis vector e_k: the K per-task gradients."""
+    basis = jnp.eye(num_tasks, dtype=dtype)
+    if jacobian_chunk_size and jacobian_chunk_size < num_tasks:
+      return jax.lax.map(vjp, basis, batch_size=jacobian_chunk_size)
+    return jax.vmap(vjp)(basis)
   task_weighting = method.weights_task_params
 
   def forward(state, params, inputs, rngs):
@@ -126,7 +141,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
       return task_losses(tasks, outputs, batch), collections
 
     losses, vjp, collections = jax.vjp(losses_of, shared, rest, has_aux=True)
-    jac_shared, jac_rest = jax.vmap(vjp)(jnp.eye(num_tasks, dtype=losses.dtype))
+    jac_shared, jac_rest = per_task(vjp, losses.dtype)
     if method.family == optim_base.ELEMENTWISE:
       shared_grad, mtl_state = method.update(jac_shared, state.mtl_state, shared, losses=losses)
       w = jnp.ones(num_tasks)
@@ -153,7 +168,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
 
     features, encode_vjp, encode_collections = jax.vjp(encode, shared, has_aux=True)
     losses, decode_vjp, decode_collections = jax.vjp(decode, features, rest, has_aux=True)
-    rep_grads, jac_rest = jax.vmap(decode_vjp)(jnp.eye(num_tasks, dtype=losses.dtype))
+    rep_grads, jac_rest = per_task(decode_vjp, losses.dtype)
     if method.family == optim_base.ELEMENTWISE:
       combined, mtl_state = method.update(rep_grads, state.mtl_state, None, losses=losses)
       w = jnp.ones(num_tasks)

@@ -181,3 +181,19 @@ def test_elementwise_methods_run_on_representation_gradients_in_rep_mode():
     expected = _gradient(state, ew_step(state, example)[0])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
                  got, expected)
+
+
+@pytest.mark.parametrize('mode', ['jacobian', 'rep'])
+def test_jacobian_in_task_chunks_equals_all_at_once(mode):
+  model = helpers.model('hard')
+  example = helpers.batch()
+  tx = optax.sgd(1.0)
+  method = optim.mgda()
+  state = step_lib.create_state(model, method, tx, jax.random.PRNGKey(0), example['inputs'])
+  whole = step_lib.make_train_step(model, TASKS, method, tx, mode)(state, example)[0]
+  chunked_step = step_lib.make_train_step(model, TASKS, method, tx, mode, jacobian_chunk_size=3)
+  jaxpr = str(jax.make_jaxpr(chunked_step)(state, example))
+  assert 'scan' in jaxpr  # really computed chunk by chunk
+  chunked = chunked_step(state, example)[0]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               whole.params, chunked.params)
