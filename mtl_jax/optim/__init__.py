@@ -18,13 +18,20 @@ from mtl_jax.optim.base import (
     gramian_weighting,
     loss_weighting,
 )
+from mtl_jax.optim.dbmtl import dbmtl
 from mtl_jax.optim.dwa import dwa
 from mtl_jax.optim.ew import ew
+from mtl_jax.optim.famo import famo
+from mtl_jax.optim.gls import gls
+from mtl_jax.optim.gradnorm import gradnorm
+from mtl_jax.optim.imtl import imtl
 from mtl_jax.optim.mgda import mgda
 from mtl_jax.optim.registry import METHODS, get
 from mtl_jax.optim.rlw import rlw
+from mtl_jax.optim.si import si
 from mtl_jax.optim.soft_sharing import soft_sharing
 from mtl_jax.optim.static import static
+from mtl_jax.optim.stch import stch
 from mtl_jax.optim.task_sampling import task_sampling
 from mtl_jax.optim.uw import uw
 
@@ -32,16 +39,23 @@ __all__ = [
     'METHODS',
     'MultiTaskTransformation',
     'combine',
+    'dbmtl',
     'dwa',
     'ew',
+    'famo',
     'get',
+    'gls',
+    'gradnorm',
     'gramian',
     'gramian_weighting',
+    'imtl',
     'loss_weighting',
     'mgda',
     'rlw',
+    'si',
     'soft_sharing',
     'static',
+    'stch',
     'task_sampling',
     'uw',
 ]

@@ -5,11 +5,18 @@ from typing import Any
 
 from mtl_jax.errors import UserError
 from mtl_jax.optim.base import MultiTaskTransformation
+from mtl_jax.optim.dbmtl import dbmtl
 from mtl_jax.optim.dwa import dwa
 from mtl_jax.optim.ew import ew
+from mtl_jax.optim.famo import famo
+from mtl_jax.optim.gls import gls
+from mtl_jax.optim.gradnorm import gradnorm
+from mtl_jax.optim.imtl import imtl
 from mtl_jax.optim.mgda import mgda
 from mtl_jax.optim.rlw import rlw
+from mtl_jax.optim.si import si
 from mtl_jax.optim.static import static
+from mtl_jax.optim.stch import stch
 from mtl_jax.optim.task_sampling import task_sampling
 from mtl_jax.optim.uw import uw
 from mtl_jax.registry import Registry
@@ -17,7 +24,15 @@ from mtl_jax.registry import Registry
 METHODS: Registry = Registry('method')
 
 for _name, _factory in [('ew', ew), ('static', static), ('uw', uw), ('dwa', dwa), ('rlw', rlw),
-                        ('mgda', mgda), ('task_sampling', task_sampling)]:
+                        ('mgda', mgda), ('task_sampling', task_sampling),
+                        ('gls', gls),
+                        ('si', si),
+                        ('gradnorm', gradnorm),
+                        ('famo', famo),
+                        ('imtl', imtl),
+                        ('dbmtl', dbmtl),
+                        ('stch', stch),
+                        ]:
   METHODS.register(_name, _factory)
 
 
