@@ -31,6 +31,8 @@ def main(argv):
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   if _COORDINATOR.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    # CPU processes need a collectives backend to talk to each other; GPUs and TPUs ignore it.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from mtl_jax import train
   config_file, _, config_arg = config_flags.get_config_filename(flags.FLAGS['config']).partition(':')

@@ -53,8 +53,13 @@ def final_state(workdir):
   directory = os.path.join(workdir, 'checkpoints')
   steps = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(directory, '*'))
                  if os.path.basename(p).isdigit())
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]), 'state'))
-  return steps[-1], restored
+  path = os.path.join(directory, str(steps[-1]), 'state')
+  checkpointer = ocp.StandardCheckpointer()
+  # Onto this process's first device, whatever topology wrote it (e.g. two processes).
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  return steps[-1], checkpointer.restore(path, target)
 
 
 @pytest.mark.slow
