@@ -11,6 +11,7 @@ and `losses=` (shape [K]) to one combined gradient::
 `METHODS` maps names to factories; `get(name, num_tasks, **hyperparameters)` builds one by name.
 """
 
+from mtl_jax.optim.aligned_mtl import aligned_mtl
 from mtl_jax.optim.base import (
     MultiTaskTransformation,
     combine,
@@ -18,7 +19,9 @@ from mtl_jax.optim.base import (
     gramian_weighting,
     loss_weighting,
 )
+from mtl_jax.optim.config import config
 from mtl_jax.optim.dbmtl import dbmtl
+from mtl_jax.optim.dualproj import dualproj
 from mtl_jax.optim.dwa import dwa
 from mtl_jax.optim.ew import ew
 from mtl_jax.optim.famo import famo
@@ -33,13 +36,17 @@ from mtl_jax.optim.soft_sharing import soft_sharing
 from mtl_jax.optim.static import static
 from mtl_jax.optim.stch import stch
 from mtl_jax.optim.task_sampling import task_sampling
+from mtl_jax.optim.upgrad import upgrad
 from mtl_jax.optim.uw import uw
 
 __all__ = [
     'METHODS',
     'MultiTaskTransformation',
+    'aligned_mtl',
     'combine',
+    'config',
     'dbmtl',
+    'dualproj',
     'dwa',
     'ew',
     'famo',
@@ -57,5 +64,6 @@ __all__ = [
     'static',
     'stch',
     'task_sampling',
+    'upgrad',
     'uw',
 ]

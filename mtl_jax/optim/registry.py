@@ -4,8 +4,11 @@ import inspect
 from typing import Any
 
 from mtl_jax.errors import UserError
+from mtl_jax.optim.aligned_mtl import aligned_mtl
 from mtl_jax.optim.base import MultiTaskTransformation
+from mtl_jax.optim.config import config
 from mtl_jax.optim.dbmtl import dbmtl
+from mtl_jax.optim.dualproj import dualproj
 from mtl_jax.optim.dwa import dwa
 from mtl_jax.optim.ew import ew
 from mtl_jax.optim.famo import famo
@@ -18,6 +21,7 @@ from mtl_jax.optim.si import si
 from mtl_jax.optim.static import static
 from mtl_jax.optim.stch import stch
 from mtl_jax.optim.task_sampling import task_sampling
+from mtl_jax.optim.upgrad import upgrad
 from mtl_jax.optim.uw import uw
 from mtl_jax.registry import Registry
 
@@ -32,6 +36,10 @@ for _name, _factory in [('ew', ew), ('static', static), ('uw', uw), ('dwa', dwa)
                         ('imtl', imtl),
                         ('dbmtl', dbmtl),
                         ('stch', stch),
+                        ('upgrad', upgrad),
+                        ('dualproj', dualproj),
+                        ('aligned_mtl', aligned_mtl),
+                        ('config', config),
                         ]:
   METHODS.register(_name, _factory)
 
