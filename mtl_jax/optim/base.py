@@ -59,6 +59,10 @@ class MultiTaskTransformation(optax.GradientTransformationExtraArgs):
   * `weights_task_params`: whether task-specific parameters receive `w_k * grad L_k` (loss
     weighting: the weighted loss is the objective) or the plain `grad L_k` (gradient aggregation,
     as in LibMTL, whose weights only arbitrate the shared parameters).
+  * `task_weights(state, losses) -> c` (optional): the weights of the task-specific parameters'
+    gradients, `c_k * grad L_k`, for methods whose paper gives them their own (IMTL's loss
+    scales, DB-MTL's 1/L_k); it overrides `weights_task_params`. Evaluated on the state before
+    the step's update.
   """
 
   name: str
@@ -68,9 +72,11 @@ class MultiTaskTransformation(optax.GradientTransformationExtraArgs):
   advance: Optional[AdvanceFn]
   gramian_weights: Optional[GramianWeightsFn]
   weights_task_params: bool
+  task_weights: Optional[Callable[[Any, jax.Array], jax.Array]]
 
 
 def _make(init, update, **attrs) -> MultiTaskTransformation:
+  attrs.setdefault('task_weights', None)
   tx = MultiTaskTransformation(init, update)
   for key, value in attrs.items():
     setattr(tx, key, value)
@@ -148,6 +154,7 @@ def gramian_weighting(
     gramian_weights: GramianWeightsFn,
     *,
     weights_task_params: bool = False,
+    task_weights: Optional[Callable[[Any, jax.Array], jax.Array]] = None,
 ) -> MultiTaskTransformation:
   """Builds a method whose output is `sum_k w_k g_k` with `w` a function of G = J J^T.
 
@@ -167,7 +174,7 @@ def gramian_weighting(
 
   return _make(init, update, name=name, family=GRAMIAN, modes=('jacobian', 'rep'),
                loss_weights=None, advance=None, gramian_weights=gramian_weights,
-               weights_task_params=weights_task_params)
+               weights_task_params=weights_task_params, task_weights=task_weights)
 
 
 def elementwise(
@@ -176,6 +183,7 @@ def elementwise(
     update: Callable[..., tuple[PyTree, Any]],
     *,
     modes: tuple[str, ...] = ('jacobian', 'rep'),
+    task_weights: Optional[Callable[[Any, jax.Array], jax.Array]] = None,
 ) -> MultiTaskTransformation:
   """Builds a method that is not a linear combination of whole task gradients (e.g. GradDrop).
 
@@ -189,7 +197,8 @@ def elementwise(
     return update(task_grads, state, params, losses=losses, **extra_args)
 
   return _make(init, checked_update, name=name, family=ELEMENTWISE, modes=modes,
-               loss_weights=None, advance=None, gramian_weights=None, weights_task_params=False)
+               loss_weights=None, advance=None, gramian_weights=None, weights_task_params=False,
+               task_weights=task_weights)
 
 
 class EmptyState(NamedTuple):

@@ -2,6 +2,8 @@
 
 from typing import Any, NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -70,10 +72,8 @@ def dbmtl(num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0,
       0 (LibMTL's default) keeps beta_t = beta.
     eps: the epsilon of log(L + eps) (1e-8 as in the authors' code).
 
-  Task-specific parameters: the paper trains them on log(L_k + eps) (gradient g_k / (L_k + eps)).
-  This framework gives Gramian and elementwise methods' task parameters the plain grad L_k (their
-  weights arbitrate the shared parameters only); under Adam, which normalises each parameter's
-  gradient scale, the difference is only in how 1 / L_k drifts during training.
+  Task-specific parameters: trained on log(L_k + eps) as in the paper (gradient
+  g_k / (L_k + eps), through `task_weights`, in the train step's "jacobian"/"rep" modes).
 
   Notes: a task whose loss is not positive and finite (a loss of exactly 0 marks a task absent from
   the batch) contributes a zero log-gradient (its average decays), and a zero h_k stays zero (LibMTL
@@ -101,7 +101,8 @@ def _gramian_dbmtl(num_tasks, eps):
     w = _max_norm_factors(norms) * factors
     return jnp.where(jnp.isfinite(w), w, 0.0), state
 
-  return gramian_weighting('dbmtl', EmptyState, gramian_weights)
+  return gramian_weighting('dbmtl', EmptyState, gramian_weights, task_weights=functools.partial(
+      _task_weights, eps=eps))
 
 
 def _elementwise_dbmtl(num_tasks, beta, beta_sigma, eps):
@@ -149,4 +150,11 @@ def _elementwise_dbmtl(num_tasks, beta, beta_sigma, eps):
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
     return out, new
 
-  return elementwise('dbmtl', init, update, modes=('jacobian',))
+  return elementwise('dbmtl', init, update, modes=('jacobian',),
+                     task_weights=functools.partial(_task_weights, eps=eps))
+
+
+def _task_weights(state, losses, eps):
+  """Task-specific parameters descend the log-loss, as in the paper: grad log L_k = grad L_k / L_k."""
+  del state
+  return _log_loss_factors(_util.as_float32(losses), eps)

@@ -105,12 +105,9 @@ def imtl(num_tasks: int, mode: str = 'hybrid', learning_rate: float = 1e-3,
   Gradients: the paper computes IMTL-G from the gradients at the shared feature (our "rep" mode);
   "jacobian" mode uses the gradients of all shared parameters.
 
-  Task-specific parameters: in 'loss' mode they get exp(s_k) grad L_k (the scaled loss is the
-  objective). In 'hybrid' mode the paper gives them the scaled-loss gradient exp(s_k) grad L_k, but
-  this framework has one weight vector per step and gives Gramian methods' task parameters either
-  the shared weights (alpha_k exp(s_k), about 1/K too small) or 1; they get the plain grad L_k
-  (weights_task_params=False). Under Adam, which normalises each parameter's gradient scale,
-  the difference is only in how exp(s_k) drifts during training.
+  Task-specific parameters: in 'loss' and 'hybrid' mode they get the scaled-loss gradient
+  exp(s_k) grad L_k, as in the paper (through `task_weights`, in "jacobian"/"rep" modes); in
+  'gradient' mode the plain grad L_k.
 
   Args:
     num_tasks: K.
@@ -170,4 +167,6 @@ def imtl(num_tasks: int, mode: str = 'hybrid', learning_rate: float = 1e-3,
     alpha = impartial_weights(g * scales[:, None] * scales[None, :])
     return alpha * scales, advance_scales(state, losses)
 
-  return gramian_weighting('imtl', init_state, hybrid_weights)
+  # The paper's task parameters follow the scaled losses: exp(s_k) grad L_k.
+  return gramian_weighting('imtl', init_state, hybrid_weights,
+                           task_weights=lambda state, losses: jnp.exp(state.log_scales))

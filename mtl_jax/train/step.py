@@ -9,8 +9,9 @@ Gradient modes (DESIGN.md §1):
   Σ_k w_k Z_k through the trunk gives the shared gradient. Needs `model.has_shared_representation`.
 
 Task-specific parameters get Σ_k c_k ∇L_k with c = w for loss-weighting methods (the weighted loss
-is the objective, so all three modes agree) and c = 1 for gradient-aggregation methods (their
-weights arbitrate the shared parameters only, as in LibMTL).
+is the objective, so all three modes agree), c = 1 for gradient-aggregation methods (their
+weights arbitrate the shared parameters only, as in LibMTL), or the method's own
+`task_weights(state, losses)` where its paper fixes them (IMTL, DB-MTL).
 
 A step whose losses or gradients are not all finite (or whose gradient norm overflows) changes nothing but `step` and
 `skipped_steps`: parameters, optimiser state, method state and collections stay as they were.
@@ -112,7 +113,12 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     if jacobian_chunk_size and jacobian_chunk_size < num_tasks:
       return jax.lax.map(vjp, basis, batch_size=jacobian_chunk_size)
     return jax.vmap(vjp)(basis)
-  task_weighting = method.weights_task_params
+
+  def task_param_weights(state, losses, w):
+    """c in Σ_k c_k ∇L_k for the task-specific parameters (see the module docstring)."""
+    if method.task_weights is not None:
+      return jax.lax.stop_gradient(method.task_weights(state.mtl_state, losses))
+    return jax.lax.stop_gradient(w) if method.weights_task_params else jnp.ones(num_tasks)
 
   def forward(state, params, inputs, rngs):
     variables = {'params': params, **state.collections}
@@ -148,8 +154,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     else:
       w, mtl_state = method_weights(state, losses, lambda: optim_base.gramian(jac_shared))
       shared_grad = optim_base.combine(jax.lax.stop_gradient(w), jac_shared)
-    c = jax.lax.stop_gradient(w) if task_weighting else jnp.ones(num_tasks)
-    grads = {**optim_base.combine(c, jac_rest), **shared_grad}
+    grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
     return grads, losses, w, mtl_state, collections
 
   def representation(state, batch, rngs):
@@ -177,8 +182,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
       w = jax.lax.stop_gradient(w)
       combined = optim_base.combine(w, rep_grads)
     (shared_grad,) = encode_vjp(combined)
-    c = w if task_weighting else jnp.ones(num_tasks)
-    grads = {**optim_base.combine(c, jac_rest), **shared_grad}
+    grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
     collections = _merge(encode_collections, decode_collections)
     return grads, losses, w, mtl_state, collections
 

@@ -197,3 +197,15 @@ def test_jacobian_in_task_chunks_equals_all_at_once(mode):
   chunked = chunked_step(state, example)[0]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                whole.params, chunked.params)
+
+
+def test_method_task_weights_reach_the_task_parameters():
+  """A method's own `task_weights` (IMTL's exp(s), DB-MTL's 1/L) scale the task heads' gradients."""
+  method = optim.dbmtl(num_tasks=K, beta=0.0)
+  model, example, state, train_step = _setup(method, mode='jacobian')
+  losses = _losses_fn(model, example)(state.params)
+  jac = jax.jacrev(_losses_fn(model, example))(state.params)
+  expected = jax.tree.map(lambda j: jnp.tensordot(1.0 / (losses + 1e-8), j, axes=1), jac['tasks'])
+  got = _gradient(state, train_step(state, example)[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               got['tasks'], expected)
