@@ -19,16 +19,22 @@ from mtl_jax.optim.base import (
     gramian_weighting,
     loss_weighting,
 )
+from mtl_jax.optim.cagrad import cagrad
 from mtl_jax.optim.config import config
 from mtl_jax.optim.dbmtl import dbmtl
 from mtl_jax.optim.dualproj import dualproj
 from mtl_jax.optim.dwa import dwa
 from mtl_jax.optim.ew import ew
+from mtl_jax.optim.fairgrad import fairgrad
 from mtl_jax.optim.famo import famo
 from mtl_jax.optim.gls import gls
+from mtl_jax.optim.graddrop import graddrop
 from mtl_jax.optim.gradnorm import gradnorm
+from mtl_jax.optim.gradvac import gradvac
 from mtl_jax.optim.imtl import imtl
 from mtl_jax.optim.mgda import mgda
+from mtl_jax.optim.nash_mtl import nash_mtl
+from mtl_jax.optim.pcgrad import pcgrad
 from mtl_jax.optim.registry import METHODS, get
 from mtl_jax.optim.rlw import rlw
 from mtl_jax.optim.si import si
@@ -43,21 +49,27 @@ __all__ = [
     'METHODS',
     'MultiTaskTransformation',
     'aligned_mtl',
+    'cagrad',
     'combine',
     'config',
     'dbmtl',
     'dualproj',
     'dwa',
     'ew',
+    'fairgrad',
     'famo',
     'get',
     'gls',
+    'graddrop',
     'gradnorm',
+    'gradvac',
     'gramian',
     'gramian_weighting',
     'imtl',
     'loss_weighting',
     'mgda',
+    'nash_mtl',
+    'pcgrad',
     'rlw',
     'si',
     'soft_sharing',

@@ -6,16 +6,22 @@ from typing import Any
 from mtl_jax.errors import UserError
 from mtl_jax.optim.aligned_mtl import aligned_mtl
 from mtl_jax.optim.base import MultiTaskTransformation
+from mtl_jax.optim.cagrad import cagrad
 from mtl_jax.optim.config import config
 from mtl_jax.optim.dbmtl import dbmtl
 from mtl_jax.optim.dualproj import dualproj
 from mtl_jax.optim.dwa import dwa
 from mtl_jax.optim.ew import ew
+from mtl_jax.optim.fairgrad import fairgrad
 from mtl_jax.optim.famo import famo
 from mtl_jax.optim.gls import gls
+from mtl_jax.optim.graddrop import graddrop
 from mtl_jax.optim.gradnorm import gradnorm
+from mtl_jax.optim.gradvac import gradvac
 from mtl_jax.optim.imtl import imtl
 from mtl_jax.optim.mgda import mgda
+from mtl_jax.optim.nash_mtl import nash_mtl
+from mtl_jax.optim.pcgrad import pcgrad
 from mtl_jax.optim.rlw import rlw
 from mtl_jax.optim.si import si
 from mtl_jax.optim.static import static
@@ -36,6 +42,12 @@ for _name, _factory in [('ew', ew), ('static', static), ('uw', uw), ('dwa', dwa)
                         ('imtl', imtl),
                         ('dbmtl', dbmtl),
                         ('stch', stch),
+                        ('pcgrad', pcgrad),
+                        ('graddrop', graddrop),
+                        ('gradvac', gradvac),
+                        ('cagrad', cagrad),
+                        ('nash_mtl', nash_mtl),
+                        ('fairgrad', fairgrad),
                         ('upgrad', upgrad),
                         ('dualproj', dualproj),
                         ('aligned_mtl', aligned_mtl),
