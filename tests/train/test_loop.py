@@ -65,7 +65,7 @@ def final_state(workdir):
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_final_state_bitwise(tmp_path, census_builder,
                                                                 census_dir):
-  steps, every = 600, 20
+  steps, every = 300, 20
   env = dict(os.environ, PYTHONPATH=REPO)
   complete = tmp_path / 'complete'
   subprocess.run(launch_args(complete, census_dir, steps, every), check=True, env=env,
