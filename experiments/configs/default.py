@@ -27,6 +27,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.method_kwargs = ml_collections.ConfigDict()
   config.mode = 'auto'  # 'weighted' | 'jacobian' | 'rep'; auto: the method's preferred mode
   config.jacobian_chunk_size = 0  # >0: per-task gradients that many tasks at a time (memory)
+  config.per_task_gradients = 'auto'  # 'vmap' | 'unrolled'; auto: unrolled on CPU (K<=16)
 
   config.dataset = 'census_income'
   config.tasks = ('income', 'never_married')

@@ -95,23 +95,37 @@ def resolve_mode(mode: str, method, model: MultiTaskModel) -> str:
 
 def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
                     optimizer: optax.GradientTransformation, mode: str,
-                    jacobian_chunk_size: int = 0) -> Callable:
+                    jacobian_chunk_size: int = 0, per_task_gradients: str = 'auto') -> Callable:
   """Returns `train_step(state, batch) -> (state, metrics)`, pure and jittable.
 
-  `jacobian_chunk_size` > 0 computes the per-task gradients ("jacobian" and "rep" modes) that many
-  tasks at a time (`lax.map` over chunks of vmapped VJPs), bounding the memory of the
-  intermediate Jacobian computation at the cost of less parallelism; 0 does all K at once.
+  The K per-task gradients ("jacobian" and "rep" modes) are K vector-Jacobian products sharing
+  one forward pass, computed as chosen by `per_task_gradients`:
+  * 'vmap': one batched backward pass over the K basis vectors;
+  * 'unrolled': K backward passes in one program (XLA CPU runs batched backward passes poorly:
+    2x slower than unrolled at K=8 on a 1M-parameter MLP, `benchmarks/methods.py`);
+  * 'auto': 'unrolled' on CPU up to K = 16 (beyond, the program's compile time grows with K:
+    ~2 min at K = 40), 'vmap' otherwise.
+  `jacobian_chunk_size` > 0 instead maps over chunks of that many tasks (`lax.map` of vmapped
+  VJPs), bounding the memory of the intermediate Jacobian computation; 0 does all K at once.
   """
   mode = resolve_mode(mode, method, model)
   num_tasks = len(tasks)
   if jacobian_chunk_size < 0:
     raise UserError(f'jacobian_chunk_size must be >= 0, got {jacobian_chunk_size}')
+  if per_task_gradients not in ('auto', 'vmap', 'unrolled'):
+    raise UserError(f'unknown per_task_gradients {per_task_gradients!r}; '
+                    'valid: auto, vmap, unrolled')
+  if per_task_gradients == 'auto':
+    cpu = jax.default_backend() == 'cpu'
+    per_task_gradients = 'unrolled' if cpu and num_tasks <= 16 else 'vmap'
 
   def per_task(vjp, dtype):
     """The VJP against every basis vector e_k: the K per-task gradients."""
     basis = jnp.eye(num_tasks, dtype=dtype)
     if jacobian_chunk_size and jacobian_chunk_size < num_tasks:
       return jax.lax.map(vjp, basis, batch_size=jacobian_chunk_size)
+    if per_task_gradients == 'unrolled':
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *[vjp(basis[k]) for k in range(num_tasks)])
     return jax.vmap(vjp)(basis)
 
   def task_param_weights(state, losses, w):

@@ -209,3 +209,19 @@ def test_method_task_weights_reach_the_task_parameters():
   got = _gradient(state, train_step(state, example)[0])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                got['tasks'], expected)
+
+
+@pytest.mark.parametrize('mode', ['jacobian', 'rep'])
+def test_unrolled_and_vmapped_per_task_gradients_agree(mode):
+  model = helpers.model('hard')
+  example = helpers.batch()
+  tx = optax.sgd(1.0)
+  method = optim.mgda()
+  state = step_lib.create_state(model, method, tx, jax.random.PRNGKey(0), example['inputs'])
+  results = [step_lib.make_train_step(model, TASKS, method, tx, mode,
+                                      per_task_gradients=how)(state, example)[0]
+             for how in ('vmap', 'unrolled')]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               results[0].params, results[1].params)
+  with pytest.raises(UserError, match='unknown per_task_gradients'):
+    step_lib.make_train_step(model, TASKS, method, tx, mode, per_task_gradients='loop')
