@@ -45,6 +45,7 @@ uniform weights; relative error of w against a float64 scipy `least_squares` sol
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.optim.base import normalize_gramian
 from mtl_jax.optim.solvers import min_norm_simplex
 
 NUM_HALVINGS = 30
@@ -108,14 +109,8 @@ def solve_power_system(gramian, power: float, init, num_iters: int, tol: float =
   Returns `(w, ok)`; `w` is meaningful only where `ok` (see the module docstring). `power` is a
   Python float (static); everything else is traced, jittable, with a bounded `lax.while_loop`.
   """
-  gramian = jnp.asarray(gramian)
-  dtype = jnp.promote_types(gramian.dtype, jnp.float32)
-  g = gramian.astype(dtype)
-  g = 0.5 * (g + g.T)
-  num = g.shape[0]
-  scale = jnp.max(jnp.diag(g))
-  finite = jnp.all(jnp.isfinite(g)) & jnp.isfinite(scale) & (scale > jnp.finfo(dtype).tiny)
-  g = jnp.where(finite, g / jnp.where(finite, scale, 1.0), jnp.eye(num, dtype=dtype))
+  g, scale, finite = normalize_gramian(gramian)
+  dtype, num = g.dtype, g.shape[0]
 
   start = jnp.asarray(init).astype(dtype)
   start = jnp.where(jnp.all(start > 0) & jnp.all(jnp.isfinite(start)), start, 1.0)

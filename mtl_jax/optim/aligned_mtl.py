@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 from mtl_jax.errors import UserError
 from mtl_jax.optim import _pref, _util
-from mtl_jax.optim.base import EmptyState, MultiTaskTransformation, gramian_weighting
+from mtl_jax.optim.base import (EmptyState, MultiTaskTransformation, gramian_weighting,
+                                 normalize_gramian)
 
 SCALE_MODES = ('min', 'median', 'rmse')
 
@@ -31,15 +32,9 @@ def balance_transformation(gramian: jnp.ndarray, rcond: Optional[float] = None,
   diagonal entry first (B does not depend on the gradients' scale). R = 0 (G zero) or a non-finite G
   gives B = I.
   """
-  gramian = jnp.asarray(gramian)
-  dtype = jnp.promote_types(gramian.dtype, jnp.float32)
-  g = gramian.astype(dtype)
-  num = g.shape[0]
+  g, _, ok = normalize_gramian(gramian)
+  dtype, num = g.dtype, g.shape[0]
   eye = jnp.eye(num, dtype=dtype)
-  g = 0.5 * (g + g.T)
-  scale = jnp.max(jnp.diag(g))
-  ok = jnp.all(jnp.isfinite(g)) & (scale > jnp.finfo(dtype).tiny)
-  g = jnp.where(ok, g / jnp.where(ok, scale, 1.0), eye)
   lam, vecs = jnp.linalg.eigh(g)  # ascending
   tol = (num * jnp.finfo(dtype).eps if rcond is None else rcond) * lam[-1]
   keep = lam > tol

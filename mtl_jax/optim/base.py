@@ -116,6 +116,23 @@ def gramian(task_grads: PyTree) -> jax.Array:
   return total
 
 
+def normalize_gramian(gramian: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """G symmetrised, in float32 or better, divided by its largest diagonal entry:
+  `(g, scale, ok)` with G ≈ scale * g.
+
+  Solvers work on this scale-free copy, so gradients of scale 1e-8 and 1e8 behave alike. When G
+  is not finite or is zero (`ok` False), `g` is the identity, a harmless input whose answer the
+  caller replaces by its defined fallback.
+  """
+  gramian = jnp.asarray(gramian)
+  g = gramian.astype(jnp.promote_types(gramian.dtype, jnp.float32))
+  g = 0.5 * (g + g.T)
+  scale = jnp.max(jnp.diag(g))
+  ok = jnp.all(jnp.isfinite(g)) & jnp.isfinite(scale) & (scale > jnp.finfo(g.dtype).tiny)
+  normalized = jnp.where(ok, g / jnp.where(ok, scale, 1.0), jnp.eye(g.shape[0], dtype=g.dtype))
+  return normalized, scale, ok
+
+
 def combine(weights: jax.Array, task_grads: PyTree) -> PyTree:
   """sum_k w_k g_k, leaf by leaf, in the leaves' own dtype."""
   def leaf_sum(leaf):

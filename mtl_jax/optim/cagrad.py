@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.errors import UserError
-from mtl_jax.optim.base import EmptyState, MultiTaskTransformation, gramian_weighting
+from mtl_jax.optim.base import (EmptyState, MultiTaskTransformation, gramian_weighting,
+                                 normalize_gramian)
 from mtl_jax.optim.solvers import min_norm_simplex
 
 RESCALES = (0, 1, 2)
@@ -30,14 +31,8 @@ def cagrad_dual(gramian: jax.Array, c: float, num_iters: int = 40, max_iters: in
   divided by its largest diagonal (||x|| <= max_k ||g_k|| = 1). `num_iters` bisection steps on
   [0, 1/r] (each one min-norm solve of at most `max_iters` Wolfe steps) find it.
   """
-  gramian = jnp.asarray(gramian)
-  dtype = jnp.promote_types(gramian.dtype, jnp.float32)
-  g = gramian.astype(dtype)
-  g = 0.5 * (g + g.T)
-  num = g.shape[0]
-  scale = jnp.max(jnp.diag(g))
-  ok = jnp.all(jnp.isfinite(g)) & jnp.isfinite(scale) & (scale > jnp.finfo(dtype).tiny)
-  g = jnp.where(ok, g / jnp.where(ok, scale, 1.0), jnp.eye(num, dtype=dtype))
+  g, _, ok = normalize_gramian(gramian)
+  dtype, num = g.dtype, g.shape[0]
   u = jnp.full((num,), 1.0 / num, dtype)
   gu = g @ u
   q0 = jnp.maximum(u @ gu, 0.0)  # ||g0||^2 / scale

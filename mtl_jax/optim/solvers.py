@@ -8,6 +8,8 @@ finite weights on the simplex, falling back to uniform weights when the problem 
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.optim.base import normalize_gramian
+
 __all__ = ['project_simplex', 'min_norm_simplex']
 
 
@@ -149,10 +151,7 @@ def min_norm_simplex(gramian: jax.Array, num_iters: int = 100) -> jax.Array:
   if num == 1:
     return jnp.ones((1,), dtype)
   uniform = jnp.full((num,), 1.0 / num, dtype)
-  g = 0.5 * (g + g.T)
-  scale = jnp.max(jnp.diag(g))
-  ok = jnp.all(jnp.isfinite(g)) & (scale > jnp.finfo(dtype).tiny)
-  g = jnp.where(ok, g / jnp.where(ok, scale, 1.0), jnp.eye(num, dtype=dtype))
+  g, _, ok = normalize_gramian(g)
   if num == 2:
     w = _min_norm_two(g)
   else:
