@@ -138,11 +138,20 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     variables = {'params': params, **state.collections}
     return model.apply(variables, inputs, train=True, rngs=rngs, mutable=True)
 
-  def method_weights(state, losses, gramian_fn):
+  def aggregate(state, losses, task_grads, params):
+    """The method's combination of per-task gradients (of parameters, or at the representation),
+    its weights (ones for elementwise methods) and its next state."""
+    if method.family == optim_base.ELEMENTWISE:
+      combined, mtl_state = method.update(task_grads, state.mtl_state, params, losses=losses)
+      return combined, jnp.ones(num_tasks), mtl_state
     if method.family == optim_base.LOSS_WEIGHTING:
       w = method.loss_weights(state.mtl_state, losses)
-      return w, method.advance(state.mtl_state, losses, w)
-    return method.gramian_weights(gramian_fn(), losses, state.mtl_state)
+      mtl_state = method.advance(state.mtl_state, losses, w)
+    else:
+      w, mtl_state = method.gramian_weights(optim_base.gramian(task_grads), losses,
+                                            state.mtl_state)
+    w = jax.lax.stop_gradient(w)
+    return optim_base.combine(w, task_grads), w, mtl_state
 
   def weighted(state, batch, rngs):
     def objective(params):
@@ -162,12 +171,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
 
     losses, vjp, collections = jax.vjp(losses_of, shared, rest, has_aux=True)
     jac_shared, jac_rest = per_task(vjp, losses.dtype)
-    if method.family == optim_base.ELEMENTWISE:
-      shared_grad, mtl_state = method.update(jac_shared, state.mtl_state, shared, losses=losses)
-      w = jnp.ones(num_tasks)
-    else:
-      w, mtl_state = method_weights(state, losses, lambda: optim_base.gramian(jac_shared))
-      shared_grad = optim_base.combine(jax.lax.stop_gradient(w), jac_shared)
+    shared_grad, w, mtl_state = aggregate(state, losses, jac_shared, shared)
     grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
     return grads, losses, w, mtl_state, collections
 
@@ -188,13 +192,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     features, encode_vjp, encode_collections = jax.vjp(encode, shared, has_aux=True)
     losses, decode_vjp, decode_collections = jax.vjp(decode, features, rest, has_aux=True)
     rep_grads, jac_rest = per_task(decode_vjp, losses.dtype)
-    if method.family == optim_base.ELEMENTWISE:
-      combined, mtl_state = method.update(rep_grads, state.mtl_state, None, losses=losses)
-      w = jnp.ones(num_tasks)
-    else:
-      w, mtl_state = method_weights(state, losses, lambda: optim_base.gramian(rep_grads))
-      w = jax.lax.stop_gradient(w)
-      combined = optim_base.combine(w, rep_grads)
+    combined, w, mtl_state = aggregate(state, losses, rep_grads, None)
     (shared_grad,) = encode_vjp(combined)
     grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
     collections = _merge(encode_collections, decode_collections)
