@@ -52,6 +52,15 @@ def nest(parts: Mapping[tuple[str, ...], Mapping]) -> dict:
   return out
 
 
+def merge(a: Mapping, b: Mapping) -> dict:
+  """Deep merge of two collection trees (b wins on a shared leaf): updated collections into the
+  old ones, or one component's updates beside another's."""
+  out = dict(a)
+  for key, value in b.items():
+    out[key] = merge(out[key], value) if key in out and isinstance(value, Mapping) else value
+  return out
+
+
 def component_rngs(rngs: Mapping[str, jax.Array] | None, index: int):
   """Independent streams per component, so trunk and heads never share a dropout mask."""
   if not rngs:

@@ -50,12 +50,4 @@ class HardSharing(base.MultiTaskModel):
                          train=train, rngs=rngs)
     features, trunk_updates = self.encode(variables, inputs, train=train, rngs=rngs, mutable=True)
     outputs, head_updates = self.decode(variables, features, train=train, rngs=rngs, mutable=True)
-    return outputs, merge(trunk_updates, head_updates)
-
-
-def merge(a: dict, b: dict) -> dict:
-  """Deep merge of two collection trees with disjoint leaves."""
-  out = dict(a)
-  for key, value in b.items():
-    out[key] = merge(out[key], value) if key in out and isinstance(value, dict) else value
-  return out
+    return outputs, base.merge(trunk_updates, head_updates)

@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 
 from mtl_jax.models import base
-from mtl_jax.models.hard import merge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,4 +62,4 @@ class SoftSharing(base.MultiTaskModel):
           train=train, rngs=base.component_rngs(rngs, index + 1), mutable=mutable)
       if head_updates:
         parts[('tasks', name)] = head_updates
-    return (outputs, merge(updates, base.nest(parts))) if mutable else outputs
+    return (outputs, base.merge(updates, base.nest(parts))) if mutable else outputs

@@ -23,6 +23,19 @@ def as_float32(losses: jax.Array) -> jax.Array:
   return jax.lax.stop_gradient(jnp.asarray(losses).astype(jnp.float32))
 
 
+def scale_step(inner, scales: jax.Array, inner_state, grad: jax.Array, losses: jax.Array):
+  """One step of a learned per-task scale (UW's log-variances, IMTL-L's log-scales) with its own
+  optax optimiser `inner`: a task whose loss is exactly 0 (absent from the batch) keeps its
+  scale, and a non-finite loss or result leaves scales and optimiser state unchanged.
+  Returns (scales, inner_state)."""
+  present = losses != 0
+  updates, new_inner = inner.update(jnp.where(present, grad, 0.0), inner_state, scales)
+  new_scales = scales + jnp.where(present, updates, 0.0)
+  finite = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.isfinite(new_scales))
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  return keep(new_scales, scales), keep(new_inner, inner_state)
+
+
 def key_data(seed: int) -> jax.Array:
   """A PRNG key as raw uint32 data (checkpoint friendly), from an integer seed."""
   if isinstance(seed, bool) or not isinstance(seed, int):

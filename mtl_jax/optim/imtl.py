@@ -134,12 +134,7 @@ def imtl(num_tasks: int, mode: str = 'hybrid', learning_rate: float = 1e-3,
   def advance_scales(state, losses):
     losses = _util.as_float32(losses)
     s = state.log_scales
-    present = losses != 0
-    grad = jnp.where(present, jnp.exp(s) * losses - 1.0, 0.0)
-    updates, inner_state = inner.update(grad, state.inner, s)
-    new = IMTLState(s + jnp.where(present, updates, 0.0), inner_state)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.isfinite(new.log_scales))
-    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    return IMTLState(*_util.scale_step(inner, s, state.inner, jnp.exp(s) * losses - 1.0, losses))
 
   if mode == 'loss':
     def loss_weights(state, losses):

@@ -64,12 +64,6 @@ def uw(num_tasks: int, learning_rate: float = 1e-3,
     _util.check_losses_shape(losses, num_tasks, 'uw')
     losses = _util.as_float32(losses)
     s = state.log_vars
-    grad = 1.0 - jnp.exp(-s) * losses
-    present = losses != 0
-    grad = jnp.where(present, grad, 0.0)
-    updates, inner_state = inner.update(grad, state.inner, s)
-    new = UWState(s + jnp.where(present, updates, 0.0), inner_state)
-    finite = jnp.all(jnp.isfinite(losses))
-    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    return UWState(*_util.scale_step(inner, s, state.inner, 1.0 - jnp.exp(-s) * losses, losses))
 
   return loss_weighting('uw', init_state, loss_weights, advance)

@@ -26,6 +26,7 @@ import optax
 
 from mtl_jax.errors import UserError
 from mtl_jax.models.base import MultiTaskModel
+from mtl_jax.models.base import merge as merge_collections
 from mtl_jax.optim import base as optim_base
 from mtl_jax.tasks import Task
 
@@ -195,7 +196,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     combined, w, mtl_state = aggregate(state, losses, rep_grads, None)
     (shared_grad,) = encode_vjp(combined)
     grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
-    collections = _merge(encode_collections, decode_collections)
+    collections = merge_collections(encode_collections, decode_collections)
     return grads, losses, w, mtl_state, collections
 
   compute = {'weighted': weighted, 'jacobian': jacobian, 'rep': representation}[mode]
@@ -212,7 +213,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       return state.replace(params=optax.apply_updates(state.params, updates),
                            opt_state=opt_state, mtl_state=mtl_state,
-                           collections=_merge(state.collections, collections))
+                           collections=merge_collections(state.collections, collections))
 
     # A branch rather than a select over the whole state: a rejected step leaves every piece of
     # state untouched, and an accepted one does not pay for reading both versions.
@@ -225,10 +226,3 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
 
   train_step.mode = mode
   return train_step
-
-
-def _merge(a: dict, b: dict) -> dict:
-  out = dict(a)
-  for key, value in b.items():
-    out[key] = _merge(out[key], value) if isinstance(value, dict) and key in out else value
-  return out
