@@ -23,6 +23,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.method = 'ew'
   config.arch = 'hard'
+  config.arch_kwargs = ml_collections.ConfigDict()  # the architecture's own options
 
   config.method_kwargs = ml_collections.ConfigDict()
   config.mode = 'auto'  # 'weighted' | 'jacobian' | 'rep'; auto: the method's preferred mode

@@ -21,8 +21,13 @@ import flax.linen as nn
 import jax
 
 from mtl_jax.errors import UserError
+from mtl_jax.registry import Registry
 
 PyTree = Any
+
+# name -> builder(tasks, input_layer, encoder, encoder_kwargs, head_hidden_sizes, **arch_kwargs).
+# Each architecture file registers itself; `mtl_jax.models` imports every module of the package.
+ARCHS = Registry('arch')
 
 
 def subtree(variables: Mapping, *path: str) -> dict:
@@ -102,5 +107,31 @@ class MultiTaskModel:
     raise UserError(f'{type(self).__name__} has no single shared representation; '
                     'use gradient mode "jacobian" or "weighted", not "rep"')
 
+  def penalty(self, params) -> jax.Array | None:
+    """A regulariser the architecture adds to the objective (e.g. attention_mix's λ Σ a_k²), as
+    a function of `params`; None when it has none. The trainer adds its gradient to the update
+    (`mtl_jax.optim.penalty`), so it never enters the per-task gradients that methods combine."""
+    del params
+    return None
+
   def shared_keys(self) -> Sequence[str]:
     return [key for key, group in self.param_groups.items() if group == 'shared']
+
+
+def make_encoder(name, kwargs: Mapping | None = None) -> nn.Module:
+  """A registered encoder by name, configured by `kwargs`; a Linen module is returned as is."""
+  from mtl_jax.models.encoders import ENCODERS  # pylint: disable=import-outside-toplevel
+  if isinstance(name, nn.Module):  # a user's own encoder (Linen, or NNX through nnx.bridge)
+    return name
+  cls = ENCODERS.get(name)
+  try:
+    return cls(**dict(kwargs or {}))
+  except TypeError as e:
+    fields = [f for f in cls.__dataclass_fields__ if f not in ('parent', 'name')]
+    raise UserError(f'encoder {name!r}: {e}; its options are: {", ".join(fields)}') from None
+
+
+def make_heads(tasks, hidden_sizes=()) -> dict:
+  """One `Head` per task, keyed by task name."""
+  from mtl_jax.models.heads import Head  # pylint: disable=import-outside-toplevel
+  return {task.name: Head(task.output_size, tuple(hidden_sizes)) for task in tasks}

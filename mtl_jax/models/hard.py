@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 
 from mtl_jax.models import base
+from mtl_jax.models import inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,3 +52,10 @@ class HardSharing(base.MultiTaskModel):
     features, trunk_updates = self.encode(variables, inputs, train=train, rngs=rngs, mutable=True)
     outputs, head_updates = self.decode(variables, features, train=train, rngs=rngs, mutable=True)
     return outputs, base.merge(trunk_updates, head_updates)
+
+
+@base.ARCHS.register('hard')
+def build(tasks, input_layer, encoder, encoder_kwargs, head_hidden_sizes=()) -> HardSharing:
+  trunk = inputs.Trunk(input_layer, base.make_encoder(encoder, encoder_kwargs))
+  return HardSharing(task_names=tuple(t.name for t in tasks), trunk=trunk,
+                     heads=base.make_heads(tasks, head_hidden_sizes))

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 
 from mtl_jax.models import base
+from mtl_jax.models import inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +64,10 @@ class SoftSharing(base.MultiTaskModel):
       if head_updates:
         parts[('tasks', name)] = head_updates
     return (outputs, base.merge(updates, base.nest(parts))) if mutable else outputs
+
+
+@base.ARCHS.register('soft')
+def build(tasks, input_layer, encoder, encoder_kwargs, head_hidden_sizes=()) -> SoftSharing:
+  tower = inputs.Trunk(input_layer, base.make_encoder(encoder, encoder_kwargs))
+  return SoftSharing(task_names=tuple(t.name for t in tasks), tower=tower,
+                     heads=base.make_heads(tasks, head_hidden_sizes))

@@ -35,6 +35,7 @@ from mtl_jax.optim.imtl import imtl
 from mtl_jax.optim.mgda import mgda
 from mtl_jax.optim.nash_mtl import nash_mtl
 from mtl_jax.optim.pcgrad import pcgrad
+from mtl_jax.optim.penalty import penalty
 from mtl_jax.optim.registry import METHODS, get
 from mtl_jax.optim.rlw import rlw
 from mtl_jax.optim.si import si
@@ -70,6 +71,7 @@ __all__ = [
     'mgda',
     'nash_mtl',
     'pcgrad',
+    'penalty',
     'rlw',
     'si',
     'soft_sharing',

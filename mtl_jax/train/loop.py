@@ -56,13 +56,16 @@ def _load_split(dataset: str, data_dir: str, split: str):
 
 
 def make_optimizer(config, model: models.MultiTaskModel) -> optax.GradientTransformation:
-  """[soft-sharing penalty] -> [weight decay] -> [clipping] -> adam(schedule)."""
+  """[soft-sharing penalty] -> [architecture penalty] -> [weight decay] -> [clipping] ->
+  adam(schedule)."""
   parts = []
   if config.arch == 'soft' and config.get('soft_sharing_strength', 0.0):
     parts.append(optim.soft_sharing(
         config.soft_sharing_strength,
         mask=lambda params: {k: jax.tree.map(lambda _: k == 'towers', v)
                              for k, v in params.items()}))
+  if type(model).penalty is not models.MultiTaskModel.penalty:
+    parts.append(optim.penalty(model.penalty))
   if config.get('weight_decay', 0.0):
     parts.append(optax.add_decayed_weights(config.weight_decay))
   if config.get('grad_clip_norm', 0.0):
@@ -102,7 +105,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     data_lib.check_columns(columns[split], tasks, split)
   input_layer = models.inputs.for_dataset(spec, builder, config)
   model = models.build(config.arch, tasks, input_layer, config.encoder,
-                       config.get('encoder_kwargs', {}), config.get('head_hidden_sizes', ()))
+                       config.get('encoder_kwargs', {}), config.get('head_hidden_sizes', ()),
+                       **dict(config.get('arch_kwargs', {})))
   mode = step_lib.resolve_mode(config.get('mode', 'auto'), method, model)
   return Setup(config, mesh, tasks, spec, columns, model, method, make_optimizer(config, model),
                mode)
