@@ -8,7 +8,9 @@
   (with `mutable=True`: `(outputs, updated_collections)`, like Linen)
 * `encode` / `decode`: inputs -> shared representation z -> outputs, for architectures that have a
   single shared representation (`has_shared_representation`); the "rep" gradient mode needs them.
-  `encode` reads only `shared` parameters and `decode` only the others.
+  `encode` reads only `shared` parameters and `decode` only the others. The representation may be
+  any pytree of arrays with a leading batch axis. `decode(..., task_names=[...])` computes only
+  those tasks' outputs (the "rep" mode differentiates each task through its own head alone).
 
 Architectures that need more than `shared` and `tasks` put it under a named key and declare it in
 `param_groups` as 'shared' or 'tasks' (which decides how the train step differentiates it).
@@ -103,7 +105,8 @@ class MultiTaskModel:
     raise UserError(f'{type(self).__name__} has no single shared representation; '
                     'use gradient mode "jacobian" or "weighted", not "rep"')
 
-  def decode(self, variables, features, *, train=False, rngs=None, mutable=False):
+  def decode(self, variables, features, *, train=False, rngs=None, mutable=False,
+             task_names=None):
     raise UserError(f'{type(self).__name__} has no single shared representation; '
                     'use gradient mode "jacobian" or "weighted", not "rep"')
 

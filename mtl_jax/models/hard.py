@@ -35,9 +35,12 @@ class HardSharing(base.MultiTaskModel):
     updates = base.nest({('shared',): updates}) if updates else {}
     return (features, updates) if mutable else features
 
-  def decode(self, variables, features, *, train=False, rngs=None, mutable=False):
+  def decode(self, variables, features, *, train=False, rngs=None, mutable=False,
+             task_names=None):
     outputs, parts = {}, {}
     for index, name in enumerate(self.task_names, start=1):
+      if task_names is not None and name not in task_names:
+        continue
       outputs[name], updates = base.call(
           self.heads[name], base.subtree(variables, 'tasks', name), features, train=train,
           rngs=base.component_rngs(rngs, index), mutable=mutable)
