@@ -5,8 +5,9 @@ Gradient modes (DESIGN.md §1):
 * "weighted": `w = method.loss_weights(state, L)`, then one backward pass of Σ_k w_k L_k.
 * "jacobian": J_k = ∇_Θs L_k for every task (K vector-Jacobian products, vmapped over one forward
   pass); the method combines them (through G = J Jᵀ for Gramian methods).
-* "rep": Z_k = ∇_z L_k at the shared representation z; G = Z Zᵀ gives the weights, and one VJP of
-  Σ_k w_k Z_k through the trunk gives the shared gradient. Needs `model.has_shared_representation`.
+* "rep": Z_k = ∇_z L_k at the shared representation z, each through task k's head alone
+  (`model.decode(..., task_names=[k])`); G = Z Zᵀ gives the weights, and one VJP of Σ_k w_k Z_k
+  through the trunk gives the shared gradient. Needs `model.has_shared_representation`.
 
 Task-specific parameters get Σ_k c_k ∇L_k with c = w for loss-weighting methods (the weighted loss
 is the objective, so all three modes agree), c = 1 for gradient-aggregation methods (their
@@ -99,8 +100,9 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
                     jacobian_chunk_size: int = 0, per_task_gradients: str = 'auto') -> Callable:
   """Returns `train_step(state, batch) -> (state, metrics)`, pure and jittable.
 
-  The K per-task gradients ("jacobian" and "rep" modes) are K vector-Jacobian products sharing
-  one forward pass, computed as chosen by `per_task_gradients`:
+  In the "rep" mode each task's representation gradient is one VJP through its own head. In the
+  "jacobian" mode the K per-task gradients are K vector-Jacobian products sharing one forward
+  pass, computed as chosen by `per_task_gradients`:
   * 'vmap': one batched backward pass over the K basis vectors;
   * 'unrolled': K backward passes in one program (XLA CPU runs batched backward passes poorly:
     2x slower than unrolled at K=8 on a 1M-parameter MLP, `benchmarks/methods.py`);
@@ -184,15 +186,28 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
       variables = {'params': {**rest, **shared}, **state.collections}
       return model.encode(variables, inputs, train=True, rngs=rngs, mutable=True)
 
-    def decode(features, rest):
-      variables = {'params': {**rest, **shared}, **state.collections}
-      outputs, collections = model.decode(variables, features, train=True, rngs=rngs,
-                                          mutable=True)
-      return task_losses(tasks, outputs, batch), collections
+    def decode_one(task):
+      """Task `task`'s loss through its own head alone: K heads cost K head backward passes, not
+      K² (one VJP of all K losses per basis vector would send zeros through every other head)."""
+      def loss(features, rest):
+        variables = {'params': {**rest, **shared}, **state.collections}
+        outputs, collections = model.decode(variables, features, train=True, rngs=rngs,
+                                            mutable=True, task_names=(task.name,))
+        return task_losses([task], outputs, batch)[0], collections
+      return loss
 
     features, encode_vjp, encode_collections = jax.vjp(encode, shared, has_aux=True)
-    losses, decode_vjp, decode_collections = jax.vjp(decode, features, rest, has_aux=True)
-    rep_grads, jac_rest = per_task(decode_vjp, losses.dtype)
+    per_task_losses, rep_grads, jac_rest, decode_collections = [], [], [], {}
+    for task in tasks:
+      loss, decode_vjp, collections = jax.vjp(decode_one(task), features, rest, has_aux=True)
+      rep_grad, rest_grad = decode_vjp(jnp.ones_like(loss))
+      per_task_losses.append(loss)
+      rep_grads.append(rep_grad)
+      jac_rest.append(rest_grad)
+      decode_collections = merge_collections(decode_collections, collections)
+    losses = jnp.stack(per_task_losses)
+    rep_grads, jac_rest = (jax.tree.map(lambda *xs: jnp.stack(xs), *g)
+                           for g in (rep_grads, jac_rest))
     combined, w, mtl_state = aggregate(state, losses, rep_grads, None)
     (shared_grad,) = encode_vjp(combined)
     grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
