@@ -11,6 +11,8 @@ from mtl_jax import metrics as metrics_lib
 from mtl_jax.errors import UnknownNameError, UserError
 
 KINDS = ('binary', 'multiclass', 'multilabel', 'regression')
+# Kinds whose per-example loss and metrics extend to one label per token unchanged.
+PER_TOKEN_KINDS = ('binary', 'multiclass')
 
 DEFAULT_METRICS = {
     'binary': ('auc', 'accuracy', 'f1'),
@@ -31,12 +33,17 @@ class Task:
       [B, num_outputs] when num_outputs > 1).
     num_outputs: classes, labels or regression targets; 1 for binary.
     metrics: metric names from `mtl_jax.metrics.METRICS`; defaults by kind.
+    per_token: a sequence-labelling task ('binary' or 'multiclass'): one label per token, labels
+      [B, T] with a label mask [B, T] (False on padding and missing labels), outputs [B, T] or
+      [B, T, num_outputs]. The loss is the mean over the batch's real tokens (every token weighs
+      the same, whatever its sentence's length) and metrics pool all real tokens of the split.
   """
 
   name: str
   kind: str
   num_outputs: int = 1
   metrics: tuple[str, ...] = ()
+  per_token: bool = False
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -45,6 +52,9 @@ class Task:
       raise UserError(f'task {self.name!r}: a binary task has num_outputs=1')
     if self.kind == 'multiclass' and self.num_outputs < 2:
       raise UserError(f'task {self.name!r}: a multiclass task needs num_outputs >= 2')
+    if self.per_token and self.kind not in PER_TOKEN_KINDS:
+      raise UserError(f'task {self.name!r}: a per-token task must be one of '
+                      f'{", ".join(PER_TOKEN_KINDS)}, not {self.kind!r}')
     if not self.metrics:
       object.__setattr__(self, 'metrics', DEFAULT_METRICS[self.kind])
     for metric in self.metrics:
@@ -59,23 +69,52 @@ class Task:
     return self.num_outputs
 
   def loss(self, outputs: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Masked mean of the per-example loss.
+    """Masked mean of the per-example (per-token for a per-token task) loss.
 
     Labels under the mask are replaced by 0 before the loss: `where` alone would zero the forward
     value but a NaN label would still reach the gradient as NaN * 0.
     """
+    if self.per_token:
+      self._check_token_shapes(outputs.shape, labels.shape)
     if mask is not None:
       keep = mask.astype(bool).reshape(mask.shape + (1,) * (labels.ndim - mask.ndim))
       labels = jax.numpy.where(keep, labels, jax.numpy.zeros_like(labels))
     return losses_lib.masked_mean(losses_lib.BY_KIND[self.kind](outputs, labels), mask)
 
   def evaluate(self, outputs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None):
+    """{metric: value} over the labels under `mask` (for a per-token task: the real tokens)."""
+    if self.per_token:
+      outputs, labels = np.asarray(outputs), np.asarray(labels)
+      self._check_token_shapes(outputs.shape, labels.shape)
+      # Metrics take one row per scored item: pool the tokens.
+      mask = (np.ones(labels.shape, bool) if mask is None
+              else np.broadcast_to(np.asarray(mask, bool), labels.shape))
+      outputs, labels, mask = outputs[mask], labels[mask], None
     return {name: metrics_lib.METRICS[name](self.kind, outputs, labels, mask)
             for name in self.metrics}
+
+  def _check_token_shapes(self, output_shape, label_shape) -> None:
+    expected = tuple(label_shape[:2]) + ((self.num_outputs,) if self.kind == 'multiclass' else ())
+    if len(label_shape) != 2 or tuple(output_shape) != expected:
+      raise UserError(
+          f'task {self.name!r} is per-token: it needs labels [B, T] and outputs '
+          f'[B, T{", " + str(self.num_outputs) if self.kind == "multiclass" else ""}], got labels '
+          f'{list(label_shape)} and outputs {list(output_shape)}; use a sequence encoder that '
+          f'keeps the token axis (e.g. bilstm or transformer)')
 
   def check_labels(self, labels: np.ndarray, mask: np.ndarray | None, where: str) -> None:
     """Raises a UserError naming the task, the place and the offending value."""
     labels = np.asarray(labels)
+    if self.per_token:
+      if labels.ndim != 2:
+        raise UserError(f'task {self.name!r} is per-token: its labels in {where} must be [N, T] '
+                        f'(-1 on padding), not of shape {list(labels.shape)}')
+      # -1 marks padding and missing labels; a row mask (from the data pipeline) leaves them in.
+      keep = labels != -1
+      if mask is not None:
+        mask = np.asarray(mask, bool)
+        keep &= mask.reshape(mask.shape + (1,) * (labels.ndim - mask.ndim))
+      mask = keep
     if mask is not None:
       labels = labels[np.asarray(mask, bool)]
     if labels.size == 0:

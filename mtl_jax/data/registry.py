@@ -3,8 +3,11 @@
 import dataclasses
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from mtl_jax.data import census
 from mtl_jax.data import pipeline
+from mtl_jax.data import ud_ewt
 from mtl_jax.registry import Registry
 from mtl_jax.tasks import Task
 
@@ -17,7 +20,7 @@ class DatasetSpec:
     name: the registry name (`--config.dataset`).
     builder_cls: its tfds builder class (prepared with `pipeline.prepare`).
     tasks: every task it offers; each task's labels are the column named as the task.
-    input_kind: what the inputs are, for choosing an encoder ('tabular', ...).
+    input_kind: what the inputs are, for choosing an input layer ('tabular', 'dense', 'tokens').
     input_keys: the columns that are inputs; None: every column that is not a task label.
     input_info_fn: builder -> dict of facts an encoder needs (e.g. vocabulary sizes).
     batch_fn: (rows, spec, tasks) -> trainer batch; default `pipeline.to_batch`.
@@ -51,6 +54,40 @@ def _census_input_info(builder) -> dict:
   }
 
 
+def token_batch(rows: dict, spec: DatasetSpec, tasks: Sequence[Task] | None = None) -> dict:
+  """`pipeline.to_batch` for datasets with per-token tasks (labels [B, T], -1 = no label).
+
+  A per-token task's label_mask is [B, T]: True where the label exists and the token is real
+  (`rows['mask']`), so that padding rows (all zeros, as `eval_batches` pads) never count.
+  """
+  tasks = spec.tasks if tasks is None else tasks
+  batch = pipeline.to_batch(rows, spec, [t for t in tasks if not t.per_token])
+  real = np.asarray(rows['mask'], bool)
+  labels, label_mask = {}, {}
+  for task in tasks:
+    if task.per_token:
+      y = np.asarray(rows[task.name])
+      keep = (y != -1) & real
+      labels[task.name] = np.where(keep, y, 0).astype(np.int32)
+      label_mask[task.name] = keep
+    else:
+      labels[task.name] = batch['labels'][task.name]
+      label_mask[task.name] = batch['label_mask'][task.name]
+  # In the order of `tasks`, like `pipeline.to_batch`.
+  batch['labels'], batch['label_mask'] = labels, label_mask
+  return batch
+
+
+def _ud_input_info(builder) -> dict:
+  metadata = builder.info.metadata
+  return {
+      'vocab_size': int(metadata['vocab_size']),
+      'char_vocab_size': int(metadata['char_vocab_size']),
+      'max_len': int(metadata['max_len']),
+      'max_word_len': int(metadata['max_word_len']),
+  }
+
+
 DATASETS: Registry[DatasetSpec] = Registry('dataset')
 
 CENSUS_INCOME = DATASETS.register('census_income', DatasetSpec(
@@ -60,6 +97,17 @@ CENSUS_INCOME = DATASETS.register('census_income', DatasetSpec(
     input_kind='tabular',
     input_keys=('categorical', 'numeric'),
     input_info_fn=_census_input_info,
+))
+
+
+UD_ENGLISH_EWT = DATASETS.register('ud_english_ewt', DatasetSpec(
+    name='ud_english_ewt',
+    builder_cls=ud_ewt.UdEnglishEwt,
+    tasks=ud_ewt.TASKS,
+    input_kind='tokens',
+    input_keys=('tokens', 'chars', 'mask'),
+    input_info_fn=_ud_input_info,
+    batch_fn=token_batch,
 ))
 
 

@@ -1,10 +1,18 @@
-"""Input layers: turn a dataset's raw inputs into one float feature array for the encoder."""
+"""Input layers: turn a dataset's raw inputs into features for the encoder.
 
+`for_dataset` picks the layer by the dataset's `input_kind`: 'tabular' (`Tabular`), 'dense'
+(`Identity`), or 'tokens' (`token_inputs.TokenEmbedding`, configured by `config.token_embedding`:
+{'tokens', 'mask'[, 'chars']} -> {'features' [B, T, E], 'mask' [B, T]} for a sequence encoder).
+"""
+
+import inspect
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mtl_jax.errors import UserError
 
 
 class Tabular(nn.Module):
@@ -53,4 +61,22 @@ def for_dataset(spec, builder, config) -> nn.Module:
     return Tabular(tuple(int(v) for v in info['vocab_sizes']), config.get('embed_dim', 8))
   if spec.input_kind == 'dense':
     return Identity()
+  if spec.input_kind == 'tokens':
+    return _token_embedding(spec.input_info(builder), dict(config.get('token_embedding', {})))
   raise ValueError(f'no input layer for input kind {spec.input_kind!r}')
+
+
+def _token_embedding(info: dict, kwargs: dict) -> nn.Module:
+  """`TokenEmbedding` sized by the dataset (`vocab_size`), options from the config."""
+  # Imported here, so that the other input kinds do not depend on the sequence-model modules.
+  from mtl_jax.models import token_inputs  # pylint: disable=import-outside-toplevel
+  cls = token_inputs.TokenEmbedding
+  if 'vocab_size' in kwargs:
+    raise UserError('config.token_embedding.vocab_size is set by the dataset; remove it')
+  options = [p for p in inspect.signature(cls).parameters
+             if p not in ('vocab_size', 'parent', 'name')]
+  unknown = sorted(set(kwargs) - set(options))
+  if unknown:
+    raise UserError(f'config.token_embedding has unknown option(s) {", ".join(unknown)}; '
+                    f'TokenEmbedding\'s options are: {", ".join(options)}')
+  return cls(vocab_size=int(info['vocab_size']), **kwargs)
