@@ -47,3 +47,24 @@ def split_key_data(data: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(next key data to keep in the state, a key to draw from now)."""
   keep, use = jax.random.split(jax.random.wrap_key_data(data))
   return jax.random.key_data(keep), use
+
+
+# Up to this many tasks, loops over the task axis are unrolled (XLA fuses them into one pass);
+# beyond it XLA:CPU's fusion duplicates producers into each of the K consumers (O(K²)), so they
+# run as a `fori_loop` instead. Measured on [K, 256, 256]: /tmp probes in docs/PERFORMANCE.md.
+UNROLL_TASKS = 8
+
+
+def task_loop(num_tasks: int, body, init):
+  """`lax.fori_loop(0, num_tasks, body, init)`, unrolled for small K (see UNROLL_TASKS)."""
+  return jax.lax.fori_loop(0, num_tasks, body, init,
+                           unroll=num_tasks if num_tasks <= UNROLL_TASKS else 1)
+
+
+def sum_tasks(x: jax.Array) -> jax.Array:
+  """Σ_k x[k] over the leading task axis, as a loop of elementwise adds.
+
+  XLA:CPU lowers `jnp.sum(x, axis=0)` of a [K, ...] gradient-sized array to a strided reduction
+  that runs ~75x slower than the adds (9 ms against 0.12 ms for [8, 256, 256]).
+  """
+  return task_loop(x.shape[0], lambda k, acc: acc + x[k], jnp.zeros(x.shape[1:], x.dtype))

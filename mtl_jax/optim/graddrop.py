@@ -17,16 +17,30 @@ class GradDropState(NamedTuple):
 
 
 def graddrop_leaf(grads: jax.Array, uniform: jax.Array, leak: jax.Array) -> jax.Array:
-  """GradDrop on one leaf [K, ...] given U (shape [...]) and the leaks [K]; returns [...]."""
+  """GradDrop on one leaf [K, ...] given U (shape [...]) and the leaks [K]; returns [...].
+
+  Two passes over the tasks (the purity, then the masked sum), each a loop of elementwise ops
+  (`_util.task_loop`): a reduction over the leading task axis is slow on XLA:CPU.
+  """
+  num_tasks = grads.shape[0]
   dtype = jnp.promote_types(grads.dtype, jnp.float32)
-  g = grads.astype(dtype)
-  total = jnp.sum(g, axis=0)
-  mass = jnp.sum(jnp.abs(g), axis=0)
+  zeros = jnp.zeros(grads.shape[1:], dtype)
+
+  def sums(k, acc):
+    g = grads[k].astype(dtype)
+    return acc[0] + g, acc[1] + jnp.abs(g)
+
+  total, mass = _util.task_loop(num_tasks, sums, (zeros, zeros))
   purity = jnp.where(mass > 0, 0.5 * (1.0 + total / jnp.where(mass > 0, mass, 1.0)), 0.5)
-  keep = (((purity > uniform)[None] & (g > 0)) | ((purity < uniform)[None] & (g < 0)))
-  leak = leak.astype(dtype).reshape((-1,) + (1,) * (g.ndim - 1))
-  mask = leak + (1.0 - leak) * keep.astype(dtype)
-  return jnp.sum(mask * g, axis=0).astype(grads.dtype)
+  positive_survive, negative_survive = purity > uniform, purity < uniform
+  leak = leak.astype(dtype)
+
+  def masked_sum(k, acc):
+    g = grads[k].astype(dtype)
+    keep = (positive_survive & (g > 0)) | (negative_survive & (g < 0))
+    return acc + (leak[k] + (1.0 - leak[k]) * keep.astype(dtype)) * g
+
+  return _util.task_loop(num_tasks, masked_sum, zeros).astype(grads.dtype)
 
 
 def graddrop(seed: int = 0, leak: Union[float, Sequence[float]] = 0.0) -> MultiTaskTransformation:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax.errors import UserError
+from mtl_jax.optim import _util
 
 
 def soft_sharing(
@@ -59,7 +60,7 @@ def soft_sharing(
     if num_tasks is not None and param.shape[0] != num_tasks:
       return update
     p = param.astype(jnp.promote_types(param.dtype, jnp.float32))
-    penalty_grad = (2.0 * strength * p.shape[0]) * (p - p.mean(axis=0, keepdims=True))
+    penalty_grad = (2.0 * strength * p.shape[0]) * (p - _util.sum_tasks(p)[None] / p.shape[0])
     return (update + penalty_grad).astype(update.dtype)
 
   def update(updates, state, params=None):
