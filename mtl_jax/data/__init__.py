@@ -27,6 +27,7 @@ from mtl_jax.data.pipeline import (
     train_iterator,
 )
 from mtl_jax.data.registry import DATASETS, DatasetSpec, get
+from mtl_jax.data import mmoe_synthetic  # registers the mmoe_synthetic_* datasets
 
 __all__ = [
     'CENSUS_TASKS', 'CensusIncome', 'DATASETS', 'DatasetSpec', 'LocalBuilder', 'check_columns',

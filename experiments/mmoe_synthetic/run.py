@@ -1,0 +1,278 @@
+"""Shared-bottom vs MMoE on the MMoE paper's synthetic data, for several task correlations p.
+
+Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts",
+KDD 2018, §5.1 / Figure 4: the paper's finding is that every model does worse as the tasks get
+less related (smaller p), shared-bottom most, so MMoE's advantage over shared-bottom grows as p
+falls. The paper repeats every (model, p) 200 times with a fresh data draw and a fresh
+initialisation and shows the average.
+
+    python -m experiments.mmoe_synthetic.run --out runs/mmoe_synthetic
+    python -m experiments.mmoe_synthetic.run --out runs/x --archs hard,mmoe,cgc --seeds 3
+
+Replicate r (r = 0 .. seeds-1) trains every architecture on the data of data seed r (so the
+models of one replicate see the same examples, and so do the p of one replicate except for p
+itself: see `mtl_jax/data/mmoe_synthetic.py`) with model seed r (initialisation and batch order).
+Each run is `train_and_evaluate` on `experiments/configs/mmoe_synthetic.py:<arch>,p=..,data_seed=r`
+in `<out>/p<tag>/seed<r>/<arch>`; the reported model is the last step's. Writes to `--out`:
+
+* `results.md`: test MSE per task per model per p (mean ± std over replicates), parameter
+  counts, seconds per run, and MMoE's advantage over shared-bottom per p (paired by replicate);
+* `results.json`: every run (final metrics, curves) and the settings;
+* `mmoe_synthetic.png`: validation-loss curves per p (mean over replicates) and final test MSE
+  against p (matplotlib).
+
+Runs share one persistent XLA compilation cache (`--jax_cache`, default `<out>/jax_cache`): the
+programs of one architecture are the same for every p and replicate, so only the first run of
+each architecture compiles. A run whose `record.json` matches its config is not run again.
+"""
+
+import argparse
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments.configs import mmoe_synthetic as config_lib
+from mtl_jax import data as data_lib
+from mtl_jax import train
+from mtl_jax.data import mmoe_synthetic
+
+ARCH_LABELS = {'hard': 'shared-bottom', 'mmoe': 'MMoE', 'cgc': 'CGC', 'ple': 'PLE'}
+TASKS = tuple(t.name for t in mmoe_synthetic.TASKS)
+
+
+def describe(config: ml_collections.ConfigDict) -> tuple[int, float]:
+  """(trainable parameters of the model `config` builds, Pearson correlation of the two labels on
+  its training split). Shapes only: nothing is initialised or computed on the model."""
+  s = train.setup(config)
+  example = s.spec.to_batch(data_lib.first_rows(s.columns['train'], 2))['inputs']
+  shapes = jax.eval_shape(lambda: s.model.init(jax.random.PRNGKey(0), example))
+  params = int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params'])))
+  names = [t.name for t in s.tasks]
+  correlation = float('nan')
+  if len(names) == 2:
+    correlation = float(np.corrcoef(s.columns['train'][names[0]],
+                                    s.columns['train'][names[1]])[0, 1])
+  return params, correlation
+
+
+def read_curves(workdir: str) -> dict[str, list]:
+  """Validation and (running mean) training loss, mean over the tasks, from metrics.jsonl."""
+  curves = {'val_step': [], 'val_loss': [], 'train_step': [], 'train_loss': []}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      if all(f'val/{t}/loss' in record for t in TASKS):
+        curves['val_step'].append(record['step'])
+        curves['val_loss'].append(float(np.mean([record[f'val/{t}/loss'] for t in TASKS])))
+      if all(f'train/{t}/loss' in record for t in TASKS):
+        curves['train_step'].append(record['step'])
+        curves['train_loss'].append(float(np.mean([record[f'train/{t}/loss'] for t in TASKS])))
+  return curves
+
+
+def run_one(arch: str, p: float, seed: int, steps: int | None, data_dir: str, out: str,
+            log=print) -> dict[str, Any]:
+  """One training run; its record (reused when `record.json` has the same config)."""
+  config = config_lib.get_config(f'{arch},p={p},data_seed={seed}')
+  config.seed = seed
+  config.data_dir = data_dir
+  if steps is not None:
+    config.num_train_steps = steps
+    config.checkpoint_every_steps = steps
+    config.eval_every_steps = max(1, min(config.eval_every_steps, steps))
+    config.log_every_steps = max(1, min(config.log_every_steps, steps))
+  config.log_prefix = f'[{arch} p={p} seed={seed}] '
+  workdir = os.path.join(out, f'p{mmoe_synthetic.p_tag(p)}', f'seed{seed}', arch)
+  path = os.path.join(workdir, 'record.json')
+  settings = json.loads(json.dumps(config.to_dict()))
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+    if record['config'] == settings:
+      log(f'{arch} p={p} seed={seed}: reused {path}')
+      return record
+  start = time.perf_counter()
+  final = train.train_and_evaluate(config, workdir)
+  seconds = time.perf_counter() - start
+  params, correlation = describe(config)
+  record = {'arch': arch, 'p': p, 'seed': seed, 'seconds': seconds, 'params': params,
+            'label_correlation': correlation,
+            'final': final, 'curves': read_curves(workdir), 'config': settings}
+  with open(path, 'w') as f:
+    json.dump(record, f, indent=1)
+  log(f'{arch} p={p} seed={seed}: test MSE '
+      + ', '.join(f'{t} {final[f"test/{t}/loss"]:.5f}' for t in TASKS) + f' ({seconds:.1f} s)')
+  return record
+
+
+def summarise(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float]) -> dict:
+  """Per (p, arch): mean and std over replicates of the test MSE of each task and their mean."""
+  table = {}
+  for p in ps:
+    for arch in archs:
+      rows = [r for r in records if r['p'] == p and r['arch'] == arch]
+      if not rows:
+        continue
+      entry = {'n': len(rows), 'params': rows[0]['params'],
+               'seconds': float(np.mean([r['seconds'] for r in rows])),
+               'label_correlation': float(np.mean([r['label_correlation'] for r in rows]))}
+      for name in TASKS + ('avg',):
+        values = np.array([r['final'][f'test/{name}/loss'] for r in rows])
+        entry[name] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+      table[(p, arch)] = entry
+  return table
+
+
+def advantage(records: Sequence[dict], ps: Sequence[float], baseline: str = 'hard',
+              other: str = 'mmoe') -> dict:
+  """Per p: the paired differences baseline - other of the mean test MSE (positive: `other` is
+  better) over the replicates both ran; mean, std, and in how many `other` is better."""
+  out = {}
+  for p in ps:
+    by_seed = {}
+    for r in records:
+      if r['p'] == p and r['arch'] in (baseline, other):
+        by_seed.setdefault(r['seed'], {})[r['arch']] = r['final']['test/avg/loss']
+    diffs = np.array([v[baseline] - v[other] for v in by_seed.values() if len(v) == 2])
+    if len(diffs):
+      out[p] = {'n': len(diffs), 'mean': float(diffs.mean()),
+                'std': float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
+                'wins': int((diffs > 0).sum())}
+  return out
+
+
+def markdown(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float],
+             settings: dict) -> str:
+  table = summarise(records, archs, ps)
+  n = max(e['n'] for e in table.values())
+  lines = [f'Test MSE (last step), mean ± std over {n} replicates (data seed = model seed); '
+           f'{settings["steps"]} steps. Noise floor: {mmoe_synthetic.NOISE_VARIANCE}.', '',
+           '| p | label corr. | model | params | y1 MSE | y2 MSE | mean MSE | s / run |',
+           '|---:|---:|---|---:|---:|---:|---:|---:|']
+  for (p, arch), e in table.items():
+    cells = ' | '.join(f'{e[name][0]:.5f} ± {e[name][1]:.5f}' for name in TASKS + ('avg',))
+    lines.append(f'| {p} | {e["label_correlation"]:.3f} | {ARCH_LABELS.get(arch, arch)} | '
+                 f'{e["params"]:,} | {cells} | {e["seconds"]:.1f} |')
+  for other in [a for a in archs if a != 'hard']:
+    adv = advantage(records, ps, 'hard', other)
+    if not adv or 'hard' not in archs:
+      continue
+    label = ARCH_LABELS.get(other, other)
+    lines += ['', f'{label}\'s advantage over shared-bottom (mean MSE of shared-bottom minus '
+              f'{label}\'s, paired by replicate; positive: {label} better):', '',
+              f'| p | advantage | std | {label} better in |', '|---:|---:|---:|---:|']
+    lines += [f'| {p} | {a["mean"]:+.5f} | {a["std"]:.5f} | {a["wins"]}/{a["n"]} |'
+              for p, a in adv.items()]
+  return '\n'.join(lines) + '\n'
+
+
+def plot(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float], path: str) -> bool:
+  """Validation-loss curves per p and final test MSE against p. False without matplotlib."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return False
+  colors = dict(zip(config_lib.ARCHS, ('tab:blue', 'tab:red', 'tab:green', 'tab:purple')))
+  panels = len(ps) + 1
+  cols = 2 if panels > 2 else panels
+  rows = -(-panels // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.2 * rows), squeeze=False)
+  for ax, p in zip(axes.flat, ps):
+    for arch in archs:
+      runs = [r['curves'] for r in records if r['p'] == p and r['arch'] == arch]
+      if not runs:
+        continue
+      steps = np.array(runs[0]['val_step'])
+      losses = np.array([c['val_loss'] for c in runs])
+      mean, std = losses.mean(0), losses.std(0)
+      ax.plot(steps, mean, color=colors[arch], label=ARCH_LABELS.get(arch, arch), linewidth=2)
+      ax.fill_between(steps, mean - std, mean + std, color=colors[arch], alpha=0.2)
+    ax.axhline(mmoe_synthetic.NOISE_VARIANCE, color='gray', linestyle=':', label='noise floor')
+    ax.set_yscale('log')
+    ax.set_title(f'p = {p}: validation MSE (mean of the 2 tasks)')
+    ax.set_xlabel('step')
+    ax.set_ylabel('MSE (mean ± std over replicates)')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend()
+  ax = axes.flat[len(ps)]
+  table = summarise(records, archs, ps)
+  for arch in archs:
+    xs = [p for p in ps if (p, arch) in table]
+    ax.errorbar(xs, [table[(p, arch)]['avg'][0] for p in xs],
+                yerr=[table[(p, arch)]['avg'][1] for p in xs], color=colors[arch], marker='o',
+                capsize=4, linewidth=2, label=ARCH_LABELS.get(arch, arch))
+  ax.set_title('final test MSE (mean of the 2 tasks) vs task correlation p')
+  ax.set_xlabel('p = cos(w1, w2)')
+  ax.set_ylabel('test MSE (mean ± std over replicates)')
+  ax.set_xticks(list(ps))
+  ax.grid(True, alpha=0.3)
+  ax.legend()
+  for ax in list(axes.flat)[panels:]:
+    ax.axis('off')
+  fig.suptitle('MMoE synthetic data (Ma et al. 2018, §4.2): d = 100, 10k train examples',
+               fontsize=12)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return True
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', default='runs/mmoe_synthetic')
+  parser.add_argument('--archs', default='hard,mmoe')
+  parser.add_argument('--p', default=','.join(str(p) for p in mmoe_synthetic.PAPER_P),
+                      help='comma-separated correlation scores')
+  parser.add_argument('--seeds', type=int, default=8, help='replicates (data and model seeds)')
+  parser.add_argument('--steps', type=int, default=None, help='default: the config\'s')
+  parser.add_argument('--data_dir', default='', help='tfds data dir; default $TFDS_DATA_DIR '
+                      'or ~/tensorflow_datasets')
+  parser.add_argument('--jax_cache', default=None,
+                      help='persistent XLA compilation cache; default <out>/jax_cache, "" off')
+  args = parser.parse_args(argv)
+  archs = [a for a in args.archs.split(',') if a]
+  ps = [float(p) for p in args.p.split(',') if p]
+  for arch in archs:
+    config_lib.parse_arg(arch)  # Fails before any training on an unknown arch.
+  os.makedirs(args.out, exist_ok=True)
+  cache = os.path.join(args.out, 'jax_cache') if args.jax_cache is None else args.jax_cache
+  if cache:
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()
+
+  start = time.perf_counter()
+  records = []
+  for seed in range(args.seeds):
+    for p in ps:
+      for arch in archs:
+        records.append(run_one(arch, p, seed, args.steps, args.data_dir, args.out))
+  total = time.perf_counter() - start
+  steps = records[0]['config']['num_train_steps']
+  settings = {'archs': archs, 'p': ps, 'seeds': args.seeds, 'steps': steps,
+              'data_dir': args.data_dir, 'seconds_total': total}
+  with open(os.path.join(args.out, 'results.json'), 'w') as f:
+    json.dump({'settings': settings, 'runs': records}, f, indent=1)
+  table = markdown(records, archs, ps, settings) + f'\nWall time of the sweep: {total:.0f} s.\n'
+  with open(os.path.join(args.out, 'results.md'), 'w') as f:
+    f.write(table)
+  print(table)
+  png = os.path.join(args.out, 'mmoe_synthetic.png')
+  if plot(records, archs, ps, png):
+    print(f'wrote {png}')
+  else:
+    print('matplotlib is not installed: no mmoe_synthetic.png (pip install matplotlib)')
+  return {'settings': settings, 'runs': records}
+
+
+if __name__ == '__main__':
+  main()
