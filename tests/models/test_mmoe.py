@@ -13,6 +13,7 @@ import pytest
 
 from mtl_jax import models
 from mtl_jax.errors import UserError
+from mtl_jax.models import base
 from mtl_jax.models import mmoe
 from mtl_jax.train import step as step_lib
 from tests import helpers
@@ -87,20 +88,42 @@ def check_encode_decode(model, tasks, variables, example) -> None:
   def with_params(p):
     return {**variables, 'params': p}
 
-  encode_grads = jax.grad(lambda p: sum(
-      jnp.sum(z) for z in jax.tree.leaves(model.encode(with_params(p), inputs))))(params)
+  @jax.jit  # one compiled program: cheaper than these gradients op by op
+  def gradients(params):
+    encode_grads = jax.grad(lambda p: sum(
+        jnp.sum(z) for z in jax.tree.leaves(model.encode(with_params(p), inputs))))(params)
+    features = model.encode(variables, inputs)
+    decode_grads = jax.grad(lambda p: total_loss(model.decode(with_params(p), features)))(params)
+    reference = jax.grad(lambda p: total_loss(model.apply(with_params(p), inputs)))(params)
+    z, encode_vjp = jax.vjp(
+        lambda s: model.encode(with_params({**params, 'shared': s}), inputs), params['shared'])
+    dz = jax.grad(lambda z: total_loss(model.decode(variables, z)))(z)
+    (via_representation,) = encode_vjp(dz)
+    return encode_grads, decode_grads, reference['shared'], via_representation
+
+  encode_grads, decode_grads, reference, via_representation = gradients(params)
   assert all_zero({k: v for k, v in encode_grads.items() if k != 'shared'})
   assert nonzero(encode_grads['shared'])
-  decode_grads = jax.grad(lambda p: total_loss(model.decode(with_params(p), features)))(params)
   assert all_zero(decode_grads['shared'])
-
-  reference = jax.grad(lambda p: total_loss(model.apply(with_params(p), inputs)))(params)
-  z, encode_vjp = jax.vjp(
-      lambda s: model.encode(with_params({**params, 'shared': s}), inputs), params['shared'])
-  dz = jax.grad(lambda z: total_loss(model.decode(variables, z)))(z)
-  (via_representation,) = encode_vjp(dz)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               via_representation, reference['shared'])
+               via_representation, reference)
+
+
+def check_decode_alone_in_training(model, variables, example) -> None:
+  """In training mode (dropout, batch statistics) decode(task_names=[k]) gives task k what the
+  full decode gives it, and the same collection updates: the "rep" step decodes task by task."""
+  rngs = {'dropout': jax.random.PRNGKey(7)}
+  features, _ = model.encode(variables, example['inputs'], train=True, rngs=rngs, mutable=True)
+  full, full_updates = model.decode(variables, features, train=True, rngs=rngs, mutable=True)
+  merged = {}
+  for name in model.task_names:
+    alone, updates = model.decode(variables, features, train=True, rngs=rngs, mutable=True,
+                                  task_names=[name])
+    np.testing.assert_allclose(alone[name], full[name], rtol=1e-5, atol=1e-6)
+    merged = base.merge(merged, updates)
+  assert jax.tree.structure(merged) == jax.tree.structure(full_updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               merged, full_updates)
 
 
 def check_batch_stats_and_dropout(model, variables, example, task) -> None:
@@ -127,49 +150,50 @@ def _model(num_experts=3, input_layer=None, encoder='mlp', tasks=TASKS):
                       {'hidden_sizes': (8,)}, num_experts=num_experts)
 
 
-def test_contract_with_batch_norm_and_dropout_experts():
-  model = _model(encoder=BatchNormMLP())
-  example = helpers.batch()
-  variables = helpers.init(model, example)
-  arch_checks.check_partition(model, variables, [t.name for t in TASKS])
+# The contract tests share one model, with parameters everywhere (embeddings in the input layer,
+# experts with batch statistics and dropout) and two tasks: its traces and compiled steps are
+# what the time budget of a test file is spent on.
+CONTRACT_TASKS = TASKS[:2]
+
+
+@pytest.fixture(scope='module')
+def setup():
+  model = _model(input_layer=tabular(), encoder=BatchNormMLP(), tasks=CONTRACT_TASKS)
+  example = tabular_batch(tasks=CONTRACT_TASKS)
+  return model, example, init(model, example)
+
+
+def test_contract(setup):
+  model, example, variables = setup
+  arch_checks.check_partition(model, variables, [t.name for t in CONTRACT_TASKS])
+  assert set(variables['params']['shared']) == {'input', 'experts'}
   assert set(variables['params']['tasks']['bin']) == {'gate', 'head'}
-  arch_checks.check_task_isolation(model, TASKS, variables, example)
-  check_batch_stats_and_dropout(model, variables, example, 'reg')
-  # Two tasks keep the six compiled steps within the time budget of a test file.
-  tasks = TASKS[:2]
-  arch_checks.check_train_steps(_model(encoder=BatchNormMLP(), tasks=tasks), tasks,
-                                helpers.batch(tasks=tasks))
+  arch_checks.check_task_isolation(model, CONTRACT_TASKS, variables, example)
+  check_batch_stats_and_dropout(model, variables, example, 'cls')
+  check_decode_alone_in_training(model, variables, example)
+  arch_checks.check_train_steps(model, CONTRACT_TASKS, example)
 
 
-def test_encode_decode_split_with_a_shared_input_layer():
-  model = _model(input_layer=tabular())
-  example = tabular_batch()
-  variables = init(model, example)
-  assert nonzero(variables['params']['shared']['input'])
-  check_encode_decode(model, TASKS, variables, example)
+def test_encode_decode_split(setup):
+  check_encode_decode(setup[0], CONTRACT_TASKS, setup[2], setup[1])
 
 
-def test_experts_are_stacked_and_vmapped():
-  model = _model(num_experts=5)
-  example = helpers.batch()
-  variables = helpers.init(model, example)
+def test_experts_are_stacked_and_vmapped(setup):
+  model, example, variables = setup
   for leaf in jax.tree.leaves(variables['params']['shared']['experts']):
-    assert leaf.shape[0] == 5
+    assert leaf.shape[0] == 3
   # One vmapped expert, not a Python loop: one dot_general for the experts' single dense layer.
   jaxpr = jax.make_jaxpr(lambda v: model.encode(v, example['inputs']))(variables)
   dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'dot_general']
   assert len(dots) == 1, len(dots)
-  features = model.encode(variables, example['inputs'])
-  assert features['experts'].shape == (16, 5, 8)
+  assert model.encode(variables, example['inputs'])['experts'].shape == (16, 3, 6)
 
 
-def test_gate_weights_are_a_distribution_per_example():
-  model = _model(num_experts=4)
-  example = helpers.batch()
-  variables = helpers.init(model, example)
+def test_gate_weights_are_a_distribution_per_example(setup):
+  model, example, variables = setup
   weights = model.gate_weights(variables, model.encode(variables, example['inputs']))
   for w in weights.values():
-    assert w.shape == (16, 4)
+    assert w.shape == (16, 3)
     assert np.all(np.asarray(w) > 0)
     np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, rtol=1e-6)
   # Different tasks, different gates: the mixtures differ.
