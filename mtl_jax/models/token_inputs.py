@@ -17,7 +17,7 @@ The convention (shared by `lstm`, `bilstm` and `transformer`):
 `{'features', 'mask'}`, so `inputs.Trunk(TokenEmbedding(...), encoder)` composes.
 """
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,7 +35,7 @@ BOW, EOW = 0x110001, 0x110002
 
 def split(inputs) -> tuple[jax.Array, jax.Array | None]:
   """(features [B, T, D], mask [B, T] bool or None) from either accepted input form."""
-  if isinstance(inputs, dict):
+  if isinstance(inputs, Mapping):
     features, mask = inputs['features'], inputs.get('mask')
   else:
     features, mask = inputs, None
