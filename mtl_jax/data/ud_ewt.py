@@ -66,6 +66,10 @@ FILES = {
 }
 
 MAX_LEN = 88
+# Batches are cut to the first of these lengths that holds their longest sentence (see
+# `registry.token_batch`): a random batch of 32 EWT sentences needs 32 positions 4% of the time,
+# 48 47%, 64 32%, all 88 17%, which makes a BiLSTM step 1.5x faster on average.
+TIME_BUCKETS = (32, 48, 64)
 MAX_WORD_LEN = 16
 MIN_WORD_COUNT = 2
 MIN_CHAR_COUNT = 2

@@ -131,7 +131,7 @@ def evaluate(s: Setup, variables, split: str, predict) -> dict:
       masks[t.name].append(np.asarray(batch['label_mask'][t.name])[valid])
   results, per_metric = {}, {}
   for t in s.tasks:
-    out, lab, mask = (np.concatenate(x[t.name]) for x in (outputs, labels, masks))
+    out, lab, mask = (_concatenate(x[t.name]) for x in (outputs, labels, masks))
     scores = t.evaluate(out, lab, mask)
     scores['loss'] = float(t.loss(jnp.asarray(out), jnp.asarray(lab), jnp.asarray(mask)))
     for name, value in scores.items():
@@ -141,6 +141,18 @@ def evaluate(s: Setup, variables, split: str, predict) -> dict:
     if len(values) == len(s.tasks):
       results[f'{prefix}/avg/{name}'] = float(np.mean(values))
   return results
+
+
+def _concatenate(parts: list) -> np.ndarray:
+  """Batches joined on axis 0; per-token arrays whose token axis differs between batches (a
+  dataset's `to_batch` may cut it to the batch's longest sentence) are first zero-padded on it:
+  the padding has a False label mask, so it never counts."""
+  longest = max(part.shape[1] if part.ndim > 1 else 0 for part in parts)
+  if all(part.ndim < 2 or part.shape[1] == longest for part in parts):
+    return np.concatenate(parts)
+  return np.concatenate([
+      np.pad(part, [(0, 0), (0, longest - part.shape[1])] + [(0, 0)] * (part.ndim - 2))
+      for part in parts])
 
 
 def _local_slice(batch):

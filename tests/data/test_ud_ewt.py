@@ -193,7 +193,14 @@ SLICE = {'train': 300, 'validation': 60, 'test': 60}
 
 @pytest.fixture(scope='module')
 def slice_sentences(treebank):
-  return {split: treebank[split][:n] for split, n in SLICE.items()}
+  """The first sentences of each file; of train and test, only those of at most 32 words, so
+  that every training batch has one shape (one compile of the train step in the smoke test),
+  while validation batches keep the treebank's mix of lengths."""
+  out = {}
+  for split, n in SLICE.items():
+    keep = [s for s in treebank[split] if split == 'validation' or len(s) <= 32]
+    out[split] = keep[:n]
+  return out
 
 
 @pytest.fixture(scope='module')
@@ -274,6 +281,33 @@ def test_token_batch_masks_padding_and_missing_labels():
   assert batch['labels']['upos'].dtype == np.int32
 
 
+def test_token_batch_cuts_the_token_axis_to_a_bucket():
+  spec = registry.get('ud_english_ewt')
+  assert spec.time_buckets == ud_ewt.TIME_BUCKETS == (32, 48, 64)
+  n, length = 4, ud_ewt.MAX_LEN
+  rng = np.random.default_rng(0)
+  for longest, expected in ((1, 32), (32, 32), (33, 48), (64, 64), (65, 88), (88, 88)):
+    lengths = np.array([longest, 1, longest // 2, 0])
+    mask = np.arange(length)[None] < lengths[:, None]
+    rows = {'tokens': np.where(mask, rng.integers(1, 50, (n, length)), 0).astype(np.int32),
+            'chars': np.where(mask[..., None], 3, 0).astype(np.uint8).repeat(16, -1),
+            'mask': mask}
+    for task in ('upos', 'xpos', 'deprel'):
+      rows[task] = np.where(mask, rng.integers(0, 17, (n, length)), -1).astype(np.int32)
+    batch = spec.to_batch(rows)
+    assert batch['inputs']['tokens'].shape == (n, expected), longest
+    assert batch['inputs']['chars'].shape == (n, expected, 16)
+    for task in ('upos', 'xpos', 'deprel'):
+      assert batch['labels'][task].shape == batch['label_mask'][task].shape == (n, expected)
+      # Nothing real is cut.
+      assert batch['label_mask'][task].sum() == lengths.sum()
+      np.testing.assert_array_equal(batch['labels'][task][batch['label_mask'][task]],
+                                    rows[task][mask])
+  # The tasks a batch carries can be a subset (single-task runs).
+  batch = spec.to_batch(rows, [spec.tasks[1]])
+  assert list(batch['labels']) == ['xpos']
+
+
 def test_token_loss_and_accuracy_count_only_real_tokens():
   task = Task('tag', 'multiclass', 3, per_token=True)
   probabilities = np.array([
@@ -330,3 +364,28 @@ def test_smoke_config_trains_and_evaluates(slice_builder, tmp_path):
       assert 0.0 <= final[f'{split}/{task}/accuracy'] <= 1.0
       assert np.isfinite(final[f'{split}/{task}/loss'])
   assert final['best_step'] in (3, 6) and final['skipped_steps'] == 0
+
+
+def test_evaluation_does_not_depend_on_how_the_split_is_batched(slice_builder):
+  """Eval batches of 16 sentences are cut to different lengths (32 or 48 positions here); the
+  metrics must equal those of one batch of the whole split."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from experiments.configs import ud_ewt as ud_config  # pylint: disable=import-outside-toplevel
+  from mtl_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = ud_config.get_config('smoke')
+  config.data_dir = os.path.dirname(os.path.dirname(os.fspath(slice_builder.data_path)))
+  s = loop.setup(config)
+  example = s.spec.to_batch(data.first_rows(s.columns['train'], 8))
+  variables = s.model.init(jax.random.PRNGKey(1), example['inputs'])
+  predict = jax.jit(lambda v, x: s.model.apply(v, x, train=False))
+  lengths = {s.spec.to_batch(rows)['inputs']['tokens'].shape[1]
+             for rows, _ in data.eval_batches(s.columns['validation'], 16)}
+  assert len(lengths) > 1, lengths  # Else this test would not test the padding of outputs.
+  results = {}
+  for size in (16, 64):
+    with config.unlocked():
+      config.eval_batch_size = size
+    results[size] = loop.evaluate(s, variables, 'validation', predict)
+  assert results[16].keys() == results[64].keys()
+  for key, value in results[16].items():
+    np.testing.assert_allclose(value, results[64][key], rtol=1e-5, err_msg=key)
