@@ -48,7 +48,6 @@ from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from mtl_jax.errors import UserError
 from mtl_jax.models import base

@@ -1,5 +1,6 @@
 """attention_mix: θ_k = a_k Θ_s + (1 − a_k) Θ_k, a_k = sigmoid(ρ_k), penalty λ Σ_k a_k²."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -144,3 +145,31 @@ def test_penalty_lowers_mix_in_training():
 def test_bad_arch_kwargs(kwargs, match):
   with pytest.raises(UserError, match=match):
     _model(**kwargs)
+
+
+class _BatchNormBlock(nn.Module):
+  """Dense, batch norm, ReLU: a block with batch statistics."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(self.width)(x))
+    return nn.relu(x)
+
+
+def test_batch_statistics_update_under_mutable():
+  model = models.build('attention_mix', TWO, models.inputs.Identity(), _BatchNormBlock(6))
+  example = helpers.batch(tasks=TWO)
+  variables = helpers.init(model, example)
+  stats = variables['batch_stats']
+  outputs, updates = model.apply(variables, example['inputs'], train=True, mutable=True,
+                                 rngs={'dropout': jax.random.PRNGKey(1)})
+  assert set(outputs) == {'bin', 'cls'}
+  # The updated statistics sit where the model keeps them, and they moved.
+  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(stats)
+  assert all(np.any(np.asarray(a) != np.asarray(b))
+             for a, b in zip(jax.tree.leaves(updates['batch_stats']), jax.tree.leaves(stats)))
+  variables = {**variables, **updates}
+  evaluated = model.apply(variables, example['inputs'])  # running averages, nothing mutable
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in evaluated.values())

@@ -1,5 +1,6 @@
 """cross_stitch: K columns mixed by learned K×K units after every layer (Misra et al. 2016)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,3 +141,61 @@ def test_dropout_in_training():
 def test_bad_arch_kwargs(kwargs, match):
   with pytest.raises(UserError, match=match):
     _model(TWO, **kwargs)
+
+
+class _BatchNormBlock(nn.Module):
+  """Dense, batch norm, ReLU: a block with batch statistics."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(self.width)(x))
+    return nn.relu(x)
+
+
+def test_batch_statistics_update_under_mutable():
+  blocks = [_BatchNormBlock(6), _BatchNormBlock(4)]
+  model = models.build('cross_stitch', TWO, models.inputs.Identity(), blocks)
+  example = helpers.batch(tasks=TWO)
+  variables = helpers.init(model, example)
+  stats = variables['batch_stats']
+  outputs, updates = model.apply(variables, example['inputs'], train=True, mutable=True,
+                                 rngs={'dropout': jax.random.PRNGKey(1)})
+  assert set(outputs) == {'bin', 'cls'}
+  # The updated statistics sit where the model keeps them, and they moved.
+  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(stats)
+  assert all(np.any(np.asarray(a) != np.asarray(b))
+             for a, b in zip(jax.tree.leaves(updates['batch_stats']), jax.tree.leaves(stats)))
+  variables = {**variables, **updates}
+  evaluated = model.apply(variables, example['inputs'])  # running averages, nothing mutable
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in evaluated.values())
+
+
+class _TokenBlock(nn.Module):
+  """A per-token block in the padding-mask convention of models/token_inputs.py."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    features = jnp.tanh(nn.Dense(self.width)(x['features']))
+    return {'features': jnp.where(x['mask'][..., None], features, 0), 'mask': x['mask']}
+
+
+class _Passthrough(nn.Module):
+  def __call__(self, inputs, *, train=False):
+    return inputs
+
+
+def test_per_token_columns_keep_the_mask():
+  model = models.build('cross_stitch', TWO, _Passthrough(), [_TokenBlock(4), _TokenBlock(3)])
+  mask = jnp.arange(5)[None, :] < jnp.array([5, 2])[:, None]
+  x = {'features': jax.random.normal(jax.random.PRNGKey(1), (2, 5, 6)), 'mask': mask}
+  variables = model.init(jax.random.PRNGKey(0), x)
+  h, _ = model.columns(variables, x)
+  assert h['features'].shape == (2, 2, 5, 3)  # [K, B, T, D]
+  np.testing.assert_array_equal(h['mask'], jnp.broadcast_to(mask, (2, 2, 5)))
+  assert np.all(np.asarray(h['features'])[:, ~np.asarray(mask)] == 0)
+  outputs = model.apply(variables, x)
+  assert outputs['bin'].shape == (2, 5) and outputs['cls'].shape == (2, 5, 3)

@@ -1,5 +1,6 @@
 """ham: per-task extractors, attention across the K tasks' features, residual combination."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,3 +134,52 @@ def test_dropout_in_the_trunk_under_mutable():
 def test_bad_arch_kwargs(kwargs, match):
   with pytest.raises(UserError, match=match):
     _model(TWO, **kwargs)
+
+
+class _BatchNormBlock(nn.Module):
+  """Dense, batch norm, ReLU: a block with batch statistics."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(self.width)(x))
+    return nn.relu(x)
+
+
+def test_batch_statistics_update_under_mutable():
+  model = models.build('ham', TWO, models.inputs.Identity(), _BatchNormBlock(6),
+                       extractor_sizes=(4,))
+  example = helpers.batch(tasks=TWO)
+  variables = helpers.init(model, example)
+  stats = variables['batch_stats']
+  outputs, updates = model.apply(variables, example['inputs'], train=True, mutable=True,
+                                 rngs={'dropout': jax.random.PRNGKey(1)})
+  assert set(outputs) == {'bin', 'cls'}
+  # The updated statistics sit where the model keeps them, and they moved.
+  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(stats)
+  assert all(np.any(np.asarray(a) != np.asarray(b))
+             for a, b in zip(jax.tree.leaves(updates['batch_stats']), jax.tree.leaves(stats)))
+  variables = {**variables, **updates}
+  evaluated = model.apply(variables, example['inputs'])  # running averages, nothing mutable
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in evaluated.values())
+
+
+class _TokenEncoder(nn.Module):
+  """A per-token encoder returning {'features', 'mask'} (models/token_inputs.py)."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    return {'features': jnp.tanh(nn.Dense(4)(x)), 'mask': jnp.ones(x.shape[:2], bool)}
+
+
+def test_per_token_features_attend_over_tasks_at_every_token():
+  model = models.build('ham', TWO, models.inputs.Identity(), _TokenEncoder(),
+                       extractor_sizes=(4,))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  weights = model.attention(variables, x)
+  assert weights.shape == (2, 5, 1, 2, 2)  # [B, T, heads, K, K]
+  np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-5)
+  outputs = model.apply(variables, x)
+  assert outputs['bin'].shape == (2, 5) and outputs['cls'].shape == (2, 5, 3)

@@ -137,6 +137,30 @@ def test_blocks_given_as_a_list():
   assert variables['params']['tasks']['cls']['Dense_0']['kernel'].shape == (5, 3)
 
 
+class _Deep(nn.Module):
+  """An encoder the splitter has never heard of, with an integer `num_layers`."""
+
+  num_layers: int = 3
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    for _ in range(self.num_layers):
+      x = jnp.tanh(nn.Dense(4)(x))
+    return x
+
+
+def test_any_encoder_with_num_layers_is_cut_into_single_layer_copies():
+  blocks = hierarchical.layer_blocks(_Deep())
+  assert [type(b) for b in blocks] == [_Deep] * 3 and [b.num_layers for b in blocks] == [1] * 3
+  model = models.build('hierarchical', TWO, models.inputs.Identity(), _Deep(),
+                       task_depths={'bin': 1})
+  x = jnp.asarray(helpers.batch()['inputs'])
+  encoder_vars = _Deep().init(jax.random.PRNGKey(0), x)
+  shared = {f'blocks_{i}': {'Dense_0': encoder_vars['params'][f'Dense_{i}']} for i in range(3)}
+  top = model.stack.apply({'params': shared}, x)[-1]
+  np.testing.assert_allclose(top, _Deep().apply(encoder_vars, x), rtol=1e-6, atol=1e-6)
+
+
 class _LinenEncoder(nn.Module):
   @nn.compact
   def __call__(self, x, *, train=False):
@@ -253,3 +277,33 @@ def test_upos_below_xpos_on_a_sequence_encoder(name, kwargs, mapping):
   assert all(_nonzero(grads['shared']['blocks_0']))
   assert not any(_nonzero(grads['shared']['blocks_1']))
   assert not any(_nonzero(grads['tasks']['xpos']))
+
+
+class _BatchNormBlock(nn.Module):
+  """Dense, batch norm, ReLU: a block with batch statistics."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(self.width)(x))
+    return nn.relu(x)
+
+
+def test_batch_statistics_update_under_mutable():
+  blocks = [_BatchNormBlock(6), _BatchNormBlock(4)]
+  model = models.build('hierarchical', TWO, models.inputs.Identity(), blocks,
+                       task_depths={'bin': 1})
+  example = helpers.batch(tasks=TWO)
+  variables = helpers.init(model, example)
+  stats = variables['batch_stats']
+  outputs, updates = model.apply(variables, example['inputs'], train=True, mutable=True,
+                                 rngs={'dropout': jax.random.PRNGKey(1)})
+  assert set(outputs) == {'bin', 'cls'}
+  # The updated statistics sit where the model keeps them, and they moved.
+  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(stats)
+  assert all(np.any(np.asarray(a) != np.asarray(b))
+             for a, b in zip(jax.tree.leaves(updates['batch_stats']), jax.tree.leaves(stats)))
+  variables = {**variables, **updates}
+  evaluated = model.apply(variables, example['inputs'])  # running averages, nothing mutable
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in evaluated.values())

@@ -151,3 +151,32 @@ def test_per_token_masks_on_a_bilstm():
   attended = np.asarray(masks['bin'][1] * shared[1])
   assert np.all(attended[~np.asarray(mask)] == 0)  # padding stays zero
   assert outputs['cls'].shape == (2, 5, 3)
+
+
+class _BatchNormBlock(nn.Module):
+  """Dense, batch norm, ReLU: a block with batch statistics."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(self.width)(x))
+    return nn.relu(x)
+
+
+def test_batch_statistics_update_under_mutable():
+  blocks = [_BatchNormBlock(6), _BatchNormBlock(4)]
+  model = models.build('mtan', TWO, models.inputs.Identity(), blocks)
+  example = helpers.batch(tasks=TWO)
+  variables = helpers.init(model, example)
+  stats = variables['batch_stats']
+  outputs, updates = model.apply(variables, example['inputs'], train=True, mutable=True,
+                                 rngs={'dropout': jax.random.PRNGKey(1)})
+  assert set(outputs) == {'bin', 'cls'}
+  # The updated statistics sit where the model keeps them, and they moved.
+  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(stats)
+  assert all(np.any(np.asarray(a) != np.asarray(b))
+             for a, b in zip(jax.tree.leaves(updates['batch_stats']), jax.tree.leaves(stats)))
+  variables = {**variables, **updates}
+  evaluated = model.apply(variables, example['inputs'])  # running averages, nothing mutable
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in evaluated.values())
