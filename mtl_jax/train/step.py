@@ -55,10 +55,28 @@ def create_state(model: MultiTaskModel, method, optimizer: optax.GradientTransfo
   variables = model.init(init_rng, example_inputs)
   params = variables['params']
   collections = {k: v for k, v in variables.items() if k != 'params'}
-  return TrainState(
+  return distinct_buffers(TrainState(
       step=jnp.zeros((), jnp.int32), params=params, collections=collections,
       opt_state=optimizer.init(params), mtl_state=method.init(shared_params(model, params)),
-      rng=state_rng, skipped_steps=jnp.zeros((), jnp.int32))
+      rng=state_rng, skipped_steps=jnp.zeros((), jnp.int32)))
+
+
+def distinct_buffers(tree: PyTree) -> PyTree:
+  """Copies every leaf that is the same array object as an earlier one.
+
+  The jitted step donates its state; a buffer that appears twice (a model's init or an optimiser's
+  state reusing one array) would be donated twice, which crashes XLA rather than raising.
+  """
+  seen = set()
+
+  def distinct(leaf):
+    if isinstance(leaf, jax.Array):
+      if id(leaf) in seen:
+        return jnp.copy(leaf)
+      seen.add(id(leaf))
+    return leaf
+
+  return jax.tree.map(distinct, tree)
 
 
 def shared_params(model: MultiTaskModel, params: PyTree) -> dict:

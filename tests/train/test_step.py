@@ -251,3 +251,17 @@ def test_rep_mode_sends_each_task_through_its_own_head_only():
     step = step_lib.make_train_step(model, tasks, method, tx, 'rep')
     counts.append(count(jax.make_jaxpr(step)(state, example).jaxpr))
   assert counts[2] - counts[1] == 2 * (counts[1] - counts[0]), counts
+
+
+def test_create_state_never_holds_one_buffer_twice():
+  """The step donates its state: one array in two places would be donated twice."""
+  shared = jnp.ones(3)
+  state = step_lib.distinct_buffers({'a': shared, 'b': shared, 'c': jnp.zeros(2)})
+  assert state['a'] is shared and state['b'] is not shared
+  np.testing.assert_array_equal(state['b'], shared)
+  model = helpers.model('hard')
+  example = helpers.batch()
+  full = step_lib.create_state(model, optim.ew(), optax.adam(1e-3), jax.random.PRNGKey(0),
+                               example['inputs'])
+  leaves = [x for x in jax.tree.leaves(full) if isinstance(x, jax.Array)]
+  assert len({id(x) for x in leaves}) == len(leaves)
