@@ -45,10 +45,11 @@ def mmoe_parameters(d: int = D, experts: int = NUM_EXPERTS, units: int = EXPERT_
       units * tower + tower + tower + 1)
 
 
-def shared_bottom_units(d: int = D, tower: int = TOWER_UNITS, tasks: int = NUM_TASKS) -> int:
+def shared_bottom_units(d: int = D, experts: int = NUM_EXPERTS, units: int = EXPERT_UNITS,
+                        tower: int = TOWER_UNITS, tasks: int = NUM_TASKS) -> int:
   """The shared layer's width H whose parameter count is closest to mmoe's:
-  (d + 1) H + tasks (H tower + 2 tower + 1) = mmoe_parameters()."""
-  return round((mmoe_parameters(d=d, tower=tower, tasks=tasks) - tasks * (2 * tower + 1))
+  (d + 1) H + tasks (H tower + 2 tower + 1) = mmoe_parameters(...)."""
+  return round((mmoe_parameters(d, experts, units, tower, tasks) - tasks * (2 * tower + 1))
                / (d + 1 + tasks * tower))
 
 

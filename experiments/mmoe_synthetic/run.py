@@ -17,6 +17,7 @@ in `<out>/p<tag>/seed<r>/<arch>`; the reported model is the last step's. Writes 
 
 * `results.md`: test MSE per task per model per p (mean ± std over replicates), parameter
   counts, seconds per run, and MMoE's advantage over shared-bottom per p (paired by replicate);
+  a reference row per p: ordinary least squares fitted per task on the same training split;
 * `results.json`: every run (final metrics, curves) and the settings;
 * `mmoe_synthetic.png`: validation-loss curves per p (mean over replicates) and final test MSE
   against p (matplotlib).
@@ -110,8 +111,41 @@ def run_one(arch: str, p: float, seed: int, steps: int | None, data_dir: str, ou
   return record
 
 
+def least_squares(p: float, seed: int) -> dict[str, float]:
+  """Test MSE per task of ordinary least squares (with intercept) fitted on the training split.
+
+  A reference for what the nearly linear labels allow, not a multi-task model. The splits are
+  regenerated with `mmoe_synthetic.generate` and rounded to float32 as the builder stores them
+  (tests/data/test_mmoe_synthetic.py checks the builder's arrays equal these).
+  """
+  sizes = mmoe_synthetic.SPLIT_SIZES
+  columns = {k: v.astype(np.float32).astype(np.float64) for k, v in
+             mmoe_synthetic.generate(p, sum(sizes.values()), seed).items()}
+  train_stop = sizes['train']
+  test_start = train_stop + sizes['validation']
+  design = np.concatenate([columns['x'], np.ones((len(columns['x']), 1))], axis=1)
+  out = {}
+  for task in TASKS:
+    coef, *_ = np.linalg.lstsq(design[:train_stop], columns[task][:train_stop], rcond=None)
+    out[task] = float(np.mean((design[test_start:] @ coef - columns[task][test_start:]) ** 2))
+  out['avg'] = float(np.mean([out[task] for task in TASKS]))
+  return out
+
+
+def reference(ps: Sequence[float], seeds: int) -> dict[float, dict]:
+  """Per p: mean and std over the replicates' data seeds of `least_squares`."""
+  out = {}
+  for p in ps:
+    runs = [least_squares(p, seed) for seed in range(seeds)]
+    out[p] = {name: (float(np.mean([r[name] for r in runs])),
+                     float(np.std([r[name] for r in runs], ddof=1)) if seeds > 1 else 0.0)
+              for name in TASKS + ('avg',)}
+  return out
+
+
 def summarise(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float]) -> dict:
-  """Per (p, arch): mean and std over replicates of the test MSE of each task and their mean."""
+  """Per (p, arch): mean and std over replicates of the test MSE of each task and their mean, and
+  of the training MSE (mean of the tasks, running mean over the last logging interval)."""
   table = {}
   for p in ps:
     for arch in archs:
@@ -121,8 +155,9 @@ def summarise(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float]
       entry = {'n': len(rows), 'params': rows[0]['params'],
                'seconds': float(np.mean([r['seconds'] for r in rows])),
                'label_correlation': float(np.mean([r['label_correlation'] for r in rows]))}
-      for name in TASKS + ('avg',):
-        values = np.array([r['final'][f'test/{name}/loss'] for r in rows])
+      for name in TASKS + ('avg', 'train'):
+        values = np.array([r['curves']['train_loss'][-1] if name == 'train' else
+                           r['final'][f'test/{name}/loss'] for r in rows])
         entry[name] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
       table[(p, arch)] = entry
   return table
@@ -147,17 +182,26 @@ def advantage(records: Sequence[dict], ps: Sequence[float], baseline: str = 'har
 
 
 def markdown(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float],
-             settings: dict) -> str:
+             settings: dict, ols: dict | None = None) -> str:
+  """The results table; `ols` (from `reference`) adds a least-squares row per p."""
   table = summarise(records, archs, ps)
   n = max(e['n'] for e in table.values())
   lines = [f'Test MSE (last step), mean ± std over {n} replicates (data seed = model seed); '
-           f'{settings["steps"]} steps. Noise floor: {mmoe_synthetic.NOISE_VARIANCE}.', '',
-           '| p | label corr. | model | params | y1 MSE | y2 MSE | mean MSE | s / run |',
-           '|---:|---:|---|---:|---:|---:|---:|---:|']
+           f'{settings["steps"]} steps. Noise floor: {mmoe_synthetic.NOISE_VARIANCE}. Train MSE: '
+           f'mean of the tasks\' minibatch losses over the last logging interval.', '',
+           '| p | label corr. | model | params | y1 MSE | y2 MSE | mean MSE | train MSE | '
+           's / run |',
+           '|---:|---:|---|---:|---:|---:|---:|---:|---:|']
   for (p, arch), e in table.items():
-    cells = ' | '.join(f'{e[name][0]:.5f} ± {e[name][1]:.5f}' for name in TASKS + ('avg',))
+    cells = ' | '.join(f'{e[name][0]:.5f} ± {e[name][1]:.5f}'
+                       for name in TASKS + ('avg', 'train'))
     lines.append(f'| {p} | {e["label_correlation"]:.3f} | {ARCH_LABELS.get(arch, arch)} | '
                  f'{e["params"]:,} | {cells} | {e["seconds"]:.1f} |')
+    if ols and p in ols and arch == archs[-1]:
+      cells = ' | '.join(f'{ols[p][name][0]:.5f} ± {ols[p][name][1]:.5f}'
+                         for name in TASKS + ('avg',))
+      lines.append(f'| {p} | {e["label_correlation"]:.3f} | least squares per task (reference) | '
+                   f'{len(TASKS) * (mmoe_synthetic.D + 1)} | {cells} | - | - |')
   for other in [a for a in archs if a != 'hard']:
     adv = advantage(records, ps, 'hard', other)
     if not adv or 'hard' not in archs:
@@ -171,8 +215,10 @@ def markdown(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float],
   return '\n'.join(lines) + '\n'
 
 
-def plot(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float], path: str) -> bool:
-  """Validation-loss curves per p and final test MSE against p. False without matplotlib."""
+def plot(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float], path: str,
+         ols: dict | None = None) -> bool:
+  """Validation-loss curves per p and final test MSE against p (with `ols`, the least-squares
+  reference). False without matplotlib."""
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
@@ -192,15 +238,19 @@ def plot(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float], pat
       steps = np.array(runs[0]['val_step'])
       losses = np.array([c['val_loss'] for c in runs])
       mean, std = losses.mean(0), losses.std(0)
-      ax.plot(steps, mean, color=colors[arch], label=ARCH_LABELS.get(arch, arch), linewidth=2)
+      label = ARCH_LABELS.get(arch, arch)
+      ax.plot(steps, mean, color=colors[arch], label=f'{label} validation', linewidth=2)
       ax.fill_between(steps, mean - std, mean + std, color=colors[arch], alpha=0.2)
+      train_loss = np.array([c['train_loss'] for c in runs]).mean(0)
+      ax.plot(runs[0]['train_step'], train_loss, color=colors[arch], linestyle='--',
+              linewidth=1, label=f'{label} train')
     ax.axhline(mmoe_synthetic.NOISE_VARIANCE, color='gray', linestyle=':', label='noise floor')
     ax.set_yscale('log')
-    ax.set_title(f'p = {p}: validation MSE (mean of the 2 tasks)')
+    ax.set_title(f'p = {p}: MSE (mean of the 2 tasks)')
     ax.set_xlabel('step')
     ax.set_ylabel('MSE (mean ± std over replicates)')
     ax.grid(True, which='both', alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
   ax = axes.flat[len(ps)]
   table = summarise(records, archs, ps)
   for arch in archs:
@@ -208,6 +258,10 @@ def plot(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float], pat
     ax.errorbar(xs, [table[(p, arch)]['avg'][0] for p in xs],
                 yerr=[table[(p, arch)]['avg'][1] for p in xs], color=colors[arch], marker='o',
                 capsize=4, linewidth=2, label=ARCH_LABELS.get(arch, arch))
+  if ols:
+    xs = [p for p in ps if p in ols]
+    ax.plot(xs, [ols[p]['avg'][0] for p in xs], color='gray', linestyle='--', marker='s',
+            label='least squares per task')
   ax.set_title('final test MSE (mean of the 2 tasks) vs task correlation p')
   ax.set_xlabel('p = cos(w1, w2)')
   ax.set_ylabel('test MSE (mean ± std over replicates)')
@@ -260,18 +314,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
   steps = records[0]['config']['num_train_steps']
   settings = {'archs': archs, 'p': ps, 'seeds': args.seeds, 'steps': steps,
               'data_dir': args.data_dir, 'seconds_total': total}
+  ols = reference(ps, args.seeds)
   with open(os.path.join(args.out, 'results.json'), 'w') as f:
-    json.dump({'settings': settings, 'runs': records}, f, indent=1)
-  table = markdown(records, archs, ps, settings) + f'\nWall time of the sweep: {total:.0f} s.\n'
+    json.dump({'settings': settings, 'runs': records,
+               'least_squares': {str(p): v for p, v in ols.items()}}, f, indent=1)
+  trained = sum(r['seconds'] for r in records)
+  table = (markdown(records, archs, ps, settings, ols)
+           + f'\nWall time of this invocation: {total:.0f} s (runs found done are reused); '
+           f'sum of the runs\' own times: {trained:.0f} s.\n')
   with open(os.path.join(args.out, 'results.md'), 'w') as f:
     f.write(table)
   print(table)
   png = os.path.join(args.out, 'mmoe_synthetic.png')
-  if plot(records, archs, ps, png):
+  if plot(records, archs, ps, png, ols):
     print(f'wrote {png}')
   else:
     print('matplotlib is not installed: no mmoe_synthetic.png (pip install matplotlib)')
-  return {'settings': settings, 'runs': records}
+  return {'settings': settings, 'runs': records, 'least_squares': ols}
 
 
 if __name__ == '__main__':
