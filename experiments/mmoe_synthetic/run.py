@@ -168,17 +168,45 @@ def advantage(records: Sequence[dict], ps: Sequence[float], baseline: str = 'har
   """Per p: the paired differences baseline - other of the mean test MSE (positive: `other` is
   better) over the replicates both ran; mean, std, and in how many `other` is better."""
   out = {}
+  for p, diffs in _paired_differences(records, ps, baseline, other).items():
+    values = np.array(list(diffs.values()))
+    out[p] = {'n': len(values), 'mean': float(values.mean()),
+              'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+              'wins': int((values > 0).sum())}
+  return out
+
+
+def _paired_differences(records, ps, baseline, other) -> dict[float, dict[int, float]]:
+  """{p: {seed: baseline's mean test MSE - other's}} for the replicates both ran."""
+  out = {}
   for p in ps:
     by_seed = {}
     for r in records:
       if r['p'] == p and r['arch'] in (baseline, other):
         by_seed.setdefault(r['seed'], {})[r['arch']] = r['final']['test/avg/loss']
-    diffs = np.array([v[baseline] - v[other] for v in by_seed.values() if len(v) == 2])
-    if len(diffs):
-      out[p] = {'n': len(diffs), 'mean': float(diffs.mean()),
-                'std': float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
-                'wins': int((diffs > 0).sum())}
+    diffs = {seed: v[baseline] - v[other] for seed, v in by_seed.items() if len(v) == 2}
+    if diffs:
+      out[p] = diffs
   return out
+
+
+def trend(records: Sequence[dict], ps: Sequence[float], baseline: str = 'hard',
+          other: str = 'mmoe') -> dict | None:
+  """How `other`'s advantage changes from the largest p to the smallest, paired by replicate
+  (one data seed gives the same u1, u2, alpha, beta, x and noise at every p): per replicate,
+  advantage at min p - advantage at max p (positive: the advantage grows as the tasks become
+  less related, the paper's finding); mean, std, and in how many it is positive."""
+  diffs = _paired_differences(records, ps, baseline, other)
+  if len(diffs) < 2:
+    return None
+  low, high = diffs[min(diffs)], diffs[max(diffs)]
+  values = np.array([low[seed] - high[seed] for seed in low if seed in high])
+  if not len(values):
+    return None
+  return {'from_p': max(diffs), 'to_p': min(diffs), 'n': len(values),
+          'mean': float(values.mean()),
+          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+          'grows': int((values > 0).sum())}
 
 
 def markdown(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float],
@@ -212,6 +240,11 @@ def markdown(records: Sequence[dict], archs: Sequence[str], ps: Sequence[float],
               f'| p | advantage | std | {label} better in |', '|---:|---:|---:|---:|']
     lines += [f'| {p} | {a["mean"]:+.5f} | {a["std"]:.5f} | {a["wins"]}/{a["n"]} |'
               for p, a in adv.items()]
+    change = trend(records, ps, 'hard', other)
+    if change:
+      lines += ['', f'Change of the advantage from p = {change["from_p"]} to p = '
+                f'{change["to_p"]}, paired by replicate: {change["mean"]:+.5f} ± '
+                f'{change["std"]:.5f} (std); it grows in {change["grows"]}/{change["n"]}.']
   return '\n'.join(lines) + '\n'
 
 

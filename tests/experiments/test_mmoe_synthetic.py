@@ -112,6 +112,12 @@ def test_table_and_plot_from_records(tmp_path):
   np.testing.assert_allclose(adv[0.5]['std'], np.std([0.02, -0.01], ddof=1))
   np.testing.assert_allclose(adv[1.0]['mean'], (0.005 + 0.01) / 2)
   assert adv[1.0]['wins'] == 2
+  # Advantage at p = 0.5 minus at p = 1.0, per seed: 0.02 - 0.005 and -0.01 - 0.01.
+  change = run.trend(records, [0.5, 1.0])
+  assert (change['from_p'], change['to_p'], change['n'], change['grows']) == (1.0, 0.5, 2, 1)
+  np.testing.assert_allclose(change['mean'], (0.015 - 0.02) / 2)
+  np.testing.assert_allclose(change['std'], np.std([0.015, -0.02], ddof=1))
+  assert run.trend(records, [0.5]) is None
 
   ols = {0.5: {'y1': (0.011, 0.001), 'y2': (0.012, 0.002), 'avg': (0.0115, 0.0015)}}
   table = run.markdown(records, ['hard', 'mmoe'], [0.5, 1.0], {'steps': 20}, ols)
@@ -122,6 +128,8 @@ def test_table_and_plot_from_records(tmp_path):
   assert table.count('least squares') == 1  # p = 1.0 has no reference here.
   assert f'| 0.5 | +0.00500 | {np.std([0.02, -0.01], ddof=1):.5f} | 1/2 |' in table
   assert '| 1.0 | +0.00750 |' in table and '| 2/2 |' in table
+  assert (f'from p = 1.0 to p = 0.5, paired by replicate: -0.00250 ± '
+          f'{np.std([0.015, -0.02], ddof=1):.5f} (std); it grows in 1/2.') in table
 
   path = str(tmp_path / 'plot.png')
   assert run.plot(records, ['hard', 'mmoe'], [0.5, 1.0], path, ols)
