@@ -1,12 +1,12 @@
 """Customized Gate Control (CGC): shared experts plus task-specific experts, a gate per task.
 
 Tang et al., "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model for
-Personalized Recommendations", RecSys 2020, §4.2, eqs. 2-4. With x the output of the (shared)
-input layer, S shared experts f^s_1..f^s_S, T experts f^k_1..f^k_T of task k's own (all instances
-of the configured encoder):
+Personalized Recommendations", RecSys 2020; CGC is the paper's single-level model. With x the
+output of the (shared) input layer, S shared experts f^s_1..f^s_S and T experts f^k_1..f^k_T of
+task k's own (all instances of the configured encoder):
 
     S_k(x) = [f^k_1(x), ..., f^k_T(x), f^s_1(x), ..., f^s_S(x)]     (own experts, then shared)
-    g_k(x) = softmax(W_k x) ∈ R^{T+S}                                (no bias, as in eq. 3)
+    g_k(x) = softmax(W_k x) ∈ R^{T+S}                                (no bias, as in the paper)
     y_k    = h_k( g_k(x)ᵀ S_k(x) )
 
 With T = 0 this is MMoE with E = S experts. Every group of experts is stacked on a leading expert

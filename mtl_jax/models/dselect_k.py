@@ -1,7 +1,7 @@
 """DSelect-k: MMoE whose gates select at most k of n experts, differentiably, by binary encoding.
 
 Hazimeh et al., "DSelect-k: Differentiable Selection in the Mixture of Experts with Applications
-to Multi-Task Learning", NeurIPS 2021, §3. With n experts, m = ⌈log₂ n⌉ and the smooth-step
+to Multi-Task Learning", NeurIPS 2021. With n experts, m = ⌈log₂ n⌉ and the smooth-step
 
     S(t) = 0                              t ≤ −γ/2
          = −2t³/γ³ + 3t/(2γ) + 1/2         −γ/2 < t < γ/2          (C¹, S(0) = 1/2)
@@ -12,15 +12,15 @@ a single-expert selector z ∈ R^m puts on expert l (binary code b(l) ∈ {0,1}^
     r(z)_l = Π_{t=1..m} [ S(z_t) if b(l)_t = 1 else 1 − S(z_t) ],
 
 which sums to 1 over the 2^m codes and is one-hot once every S(z_t) ∈ {0, 1} (|z_t| ≥ γ/2).
-Task k's gate mixes k such selectors (here `k` is the number of selectors, the paper's k):
+Task j's gate mixes k such selectors, Z_j = (z_j^{(1)}, ..., z_j^{(k)}) ∈ R^{k×m}, α_j ∈ R^k:
 
-    q_k = Σ_{i=1..k} softmax(α_k)_i r(z_k^{(i)}),      y_k = h_k( Σ_l q_{k,l} f_l(x) ),
+    q_j = Σ_{i=1..k} softmax(α_j)_i r(z_j^{(i)}),      y_j = h_j( Σ_l q_{j,l} f_l(x) ),
 
 so at most k experts carry weight once the selectors are binary. `gating='static'` (the paper's
-task-only gating, §3.1; the default) makes α_k and Z_k parameters of task k; `gating='per_example'`
-(§3.2) makes them linear in the input features x: Z_k^{(i)} = A_k^{(i)} x + a, α_k = B_k x + b.
-Initialisation as in the authors' code: Z ~ U(−γ/100, γ/100) (selectors start near 1/2), α ~
-U(−0.05, 0.05).
+task-only gating; the default) makes α_j and Z_j parameters of task j (`gate/w`, `gate/z`);
+`gating='per_example'` makes them affine in the input features x (`gate/z` and `gate/w` are
+then dense layers). Initialisation as in the authors' code: Z ~ U(−γ/100, γ/100) (selectors start
+near 1/2), α ~ U(−0.05, 0.05).
 
 Regulariser (`penalty`, static gating): the paper adds λ Σ_i h(r(z^{(i)})), h the entropy, to push
 the selectors to binary states sooner (`entropy_reg` λ, default 0 as in the authors' layer). When n
@@ -33,7 +33,7 @@ gating therefore takes `entropy_reg=0` and n a power of 2 (every code is an expe
 anything else rather than dropping the term silently.
 
 Everything else is MMoE's (mmoe.py): experts stacked and vmapped, parameters
-{'shared': {'input', 'experts'}, 'tasks': {k: {'gate': {'z', 'w'}, 'head'}}}, and the "rep"
+{'shared': {'input', 'experts'}, 'tasks': {j: {'gate': {'z', 'w'}, 'head'}}}, and the "rep"
 representation {'input': x, 'experts': [B, n, D]}.
 """
 

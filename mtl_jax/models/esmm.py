@@ -1,7 +1,7 @@
 """Entire Space Multi-Task Model (ESMM): pCTCVR = pCTR · pCVR, both trained over all impressions.
 
 Ma et al., "Entire Space Multi-Task Model: An Effective Approach for Estimating Post-Click
-Conversion Rate", SIGIR 2018, eqs. 1-3. With click y and conversion z of an impression x:
+Conversion Rate", SIGIR 2018. With click y and conversion z of an impression x:
 
     p(y = 1, z = 1 | x) = p(y = 1 | x) · p(z = 1 | y = 1, x)
           pCTCVR        =     pCTR     ×        pCVR

@@ -1,10 +1,10 @@
 """Multi-gate Mixture-of-Experts (MMoE): shared experts, one softmax gate per task.
 
 Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts",
-KDD 2018, eqs. 5-6. With x the output of the (shared) input layer, E experts f_1..f_E (each an
+KDD 2018. With x the output of the (shared) input layer, E experts f_1..f_E (each an
 instance of the configured encoder) and one gate per task:
 
-    g_k(x) = softmax(W_k x)                        W_k ∈ R^{E×d}, no bias, as in eq. 6
+    g_k(x) = softmax(W_k x)                        W_k ∈ R^{E×d}, no bias, as in the paper
     y_k    = h_k( Σ_e g_k(x)_e f_e(x) )            h_k: task k's head (tower)
 
 The E experts are one Linen module whose variables are stacked on a leading expert axis and run

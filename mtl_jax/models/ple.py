@@ -1,9 +1,9 @@
 """Progressive Layered Extraction (PLE): L stacked extraction levels of CGC.
 
 Tang et al., "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model for
-Personalized Recommendations", RecSys 2020, §4.3, eqs. 5-6. Level j has S shared experts and T
-experts per task; every branch (each task k, and the shared branch s) reads its own input, the
-previous level's output of that branch (x at level 0):
+Personalized Recommendations", RecSys 2020. Level j has S shared experts and T experts per task;
+every branch (each task k, and the shared branch s) reads its own input, the previous level's
+output of that branch (x at level 0):
 
     S_k^j = [f^{k,j}_1(x_k^j), ..., f^{k,j}_T(x_k^j), f^{s,j}_1(x_s^j), ..., f^{s,j}_S(x_s^j)]
     x_k^{j+1} = softmax(W_k^j x_k^j)ᵀ S_k^j                        (task k's gate, T+S experts)

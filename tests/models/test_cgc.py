@@ -21,11 +21,7 @@ def _model(shared=2, task=2, input_layer=None, encoder='mlp', tasks=TASKS):
 
 @pytest.fixture(scope='module')
 def setup():
-  """One model with parameters everywhere and two tasks, shared by the contract tests."""
-  model = _model(input_layer=moe.tabular(), encoder=moe.BatchNormMLP(),
-                 tasks=moe.CONTRACT_TASKS)
-  example = moe.tabular_batch(tasks=moe.CONTRACT_TASKS)
-  return model, example, moe.init(model, example)
+  return moe.contract_setup('cgc', num_shared_experts=2, num_task_experts=2)
 
 
 def test_contract(setup):
@@ -34,12 +30,20 @@ def test_contract(setup):
   arch_checks.check_partition(model, variables, [t.name for t in tasks])
   assert set(variables['params']['shared']) == {'input', 'experts'}
   assert set(variables['params']['tasks']['bin']) == {'experts', 'gate', 'head'}
-  assert set(variables['batch_stats']['tasks']['bin']) == {'experts'}
   # Task k's experts are task parameters: isolation covers them too.
   arch_checks.check_task_isolation(model, tasks, variables, example)
-  moe.check_batch_stats_and_dropout(model, variables, example, 'cls')
   moe.check_decode_alone_in_training(model, variables, example)
   arch_checks.check_train_steps(model, tasks, example)
+
+
+def test_batch_stats_and_dropout():
+  model, example, variables = moe.batch_norm_setup('cgc', num_shared_experts=2,
+                                                   num_task_experts=2)
+  assert set(variables['batch_stats']['shared']) == {'experts'}
+  assert set(variables['batch_stats']['tasks']['bin']) == {'experts'}
+  moe.check_batch_stats_and_dropout(model, variables, example, 'cls')
+  # Task experts' statistics come from decode: per task the same as all at once.
+  moe.check_decode_alone_in_training(model, variables, example)
 
 
 def test_encode_decode_split(setup):

@@ -26,9 +26,7 @@ def _model(num_experts=4, k=2, input_layer=None, encoder='mlp', tasks=TASKS, **k
 
 @pytest.fixture(scope='module')
 def setup():
-  model = _model(input_layer=moe.tabular(), encoder=moe.BatchNormMLP(), entropy_reg=1e-3)
-  example = moe.tabular_batch(tasks=TASKS)
-  return model, example, moe.init(model, example)
+  return moe.contract_setup('dselect_k', num_experts=4, k=2, entropy_reg=1e-3)
 
 
 def test_contract(setup):
@@ -37,14 +35,23 @@ def test_contract(setup):
   assert set(variables['params']['tasks']['bin']['gate']) == {'z', 'w'}
   assert variables['params']['tasks']['bin']['gate']['z'].shape == (2, 2)  # k=2, m=log2(4)
   arch_checks.check_task_isolation(model, TASKS, variables, example)
-  moe.check_batch_stats_and_dropout(model, variables, example, 'cls')
   moe.check_decode_alone_in_training(model, variables, example)
   arch_checks.check_train_steps(model, TASKS, example)
 
 
-@pytest.mark.parametrize('gating', ['static', 'per_example'])
-def test_encode_decode_split(gating):
-  model = _model(input_layer=moe.tabular(), gating=gating)
+def test_batch_stats_and_dropout():
+  model, example, variables = moe.batch_norm_setup('dselect_k', num_experts=4, k=2)
+  moe.check_batch_stats_and_dropout(model, variables, example, 'cls')
+  moe.check_decode_alone_in_training(model, variables, example)
+
+
+def test_encode_decode_split(setup):
+  moe.check_encode_decode(setup[0], TASKS, setup[2], setup[1])
+
+
+def test_encode_decode_split_with_per_example_gates():
+  # The gates read the input features: the representation must carry them to the embeddings.
+  model = _model(input_layer=moe.tabular(), gating='per_example')
   example = moe.tabular_batch(tasks=TASKS)
   moe.check_encode_decode(model, TASKS, moe.init(model, example), example)
 

@@ -42,7 +42,7 @@ def _model(input_layer=None, encoder='mlp', tasks=TASKS, **kwargs):
 
 @pytest.fixture(scope='module')
 def setup():
-  model = _model(encoder=moe.BatchNormMLP())
+  model = models.build('esmm', TASKS, moe.tabular(), 'mlp', moe.CONTRACT_ENCODER_KWARGS)
   example = _batch()
   return model, example, moe.init(model, example)
 
@@ -69,9 +69,18 @@ def test_contract(setup):
   ctcvr_grads = _task_grads(model, variables, example, 1)
   assert moe.nonzero(ctcvr_grads['shared'])
   assert moe.nonzero(ctcvr_grads['tasks']['buy']) and moe.nonzero(ctcvr_grads['tasks']['click'])
-  moe.check_batch_stats_and_dropout(model, variables, example, 'buy')
   moe.check_decode_alone_in_training(model, variables, example)
   arch_checks.check_train_steps(model, TASKS, example)
+
+
+def test_batch_stats_and_dropout():
+  model = _model(encoder=moe.BatchNormMLP())
+  example = _batch()
+  variables = moe.init(model, example)
+  assert set(variables['batch_stats']['tasks']['click']) == {'tower'}
+  moe.check_batch_stats_and_dropout(model, variables, example, 'buy')
+  # decode(['buy']) runs the CTR tower too: its statistics agree with decode(['click'])'s.
+  moe.check_decode_alone_in_training(model, variables, example)
 
 
 def test_encode_decode_split(setup):

@@ -1,20 +1,24 @@
 """MMoE: g_k(x) = softmax(W_k x), task k's head reads Σ_e g_k(x)_e f_e(x) (Ma et al., KDD 2018).
 
-Also holds the pieces the other mixture-of-experts tests share (cgc, ple, dselect_k, esmm): an
-expert with batch statistics and dropout, a tabular batch (so the shared input layer has
-parameters), and the checks of the encode/decode split.
+Also holds what the other mixture-of-experts tests (cgc, ple, dselect_k, esmm) share: the contract
+setting (`contract_setup`: two tasks, embeddings, dropout), an encoder with batch statistics
+(`BatchNormMLP`, `batch_norm_setup`), and the checks of the encode/decode split, of training-mode
+collections and of decoding one task at a time.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mtl_jax import models
+from mtl_jax import optim
 from mtl_jax.errors import UserError
 from mtl_jax.models import base
 from mtl_jax.models import mmoe
+from mtl_jax.train import sharding
 from mtl_jax.train import step as step_lib
 from tests import helpers
 from tests.models import arch_checks
@@ -145,22 +149,40 @@ def check_batch_stats_and_dropout(model, variables, example, task) -> None:
   np.testing.assert_array_equal(outputs[task], again[task])
 
 
-def _model(num_experts=3, input_layer=None, encoder='mlp', tasks=TASKS):
+def _model(num_experts=3, input_layer=None, encoder='mlp', tasks=TASKS, dropout=0.0):
   return models.build('mmoe', tasks, input_layer or models.inputs.Identity(), encoder,
-                      {'hidden_sizes': (8,)}, num_experts=num_experts)
+                      {'hidden_sizes': (8,), 'dropout': dropout}, num_experts=num_experts)
 
 
-# The contract tests share one model, with parameters everywhere (embeddings in the input layer,
-# experts with batch statistics and dropout) and two tasks: its traces and compiled steps are
-# what the time budget of a test file is spent on.
+# The contract tests of every MoE architecture share this setting: two tasks, parameters
+# everywhere (embeddings in the input layer) and dropout in the experts. Its traces and compiled
+# steps are what the time budget of a test file goes to. Batch statistics are checked on a second,
+# small model (`check_batch_stats_and_dropout`, `check_decode_alone_in_training`) in every file,
+# and through the compiled step once, here: a batch norm costs the step's compilation twice as
+# much, and what the step does with the collections is the same for every architecture.
 CONTRACT_TASKS = TASKS[:2]
+CONTRACT_ENCODER_KWARGS = {'hidden_sizes': (8,), 'dropout': 0.25}
+
+
+def contract_setup(arch, **arch_kwargs):
+  """(model, example, variables) of `arch` in the contract setting."""
+  model = models.build(arch, CONTRACT_TASKS, tabular(), 'mlp', CONTRACT_ENCODER_KWARGS,
+                       **arch_kwargs)
+  example = tabular_batch(tasks=CONTRACT_TASKS)
+  return model, example, init(model, example)
+
+
+def batch_norm_setup(arch, **arch_kwargs):
+  """(model, example, variables) of `arch` with BatchNormMLP experts (dense inputs)."""
+  model = models.build(arch, CONTRACT_TASKS, models.inputs.Identity(), BatchNormMLP(),
+                       **arch_kwargs)
+  example = helpers.batch(tasks=CONTRACT_TASKS)
+  return model, example, helpers.init(model, example)
 
 
 @pytest.fixture(scope='module')
 def setup():
-  model = _model(input_layer=tabular(), encoder=BatchNormMLP(), tasks=CONTRACT_TASKS)
-  example = tabular_batch(tasks=CONTRACT_TASKS)
-  return model, example, init(model, example)
+  return contract_setup('mmoe', num_experts=3)
 
 
 def test_contract(setup):
@@ -169,9 +191,29 @@ def test_contract(setup):
   assert set(variables['params']['shared']) == {'input', 'experts'}
   assert set(variables['params']['tasks']['bin']) == {'gate', 'head'}
   arch_checks.check_task_isolation(model, CONTRACT_TASKS, variables, example)
-  check_batch_stats_and_dropout(model, variables, example, 'cls')
   check_decode_alone_in_training(model, variables, example)
   arch_checks.check_train_steps(model, CONTRACT_TASKS, example)
+
+
+def test_batch_stats_and_dropout():
+  model, example, variables = batch_norm_setup('mmoe', num_experts=3)
+  assert variables['batch_stats']['shared']['experts']['BatchNorm_0']['mean'].shape == (3, 6)
+  check_batch_stats_and_dropout(model, variables, example, 'cls')
+  check_decode_alone_in_training(model, variables, example)
+  # Through the real step, in its most involved mode ("rep": encode's collections, then each
+  # task's decode's, merged), the batch statistics move.
+  mesh = sharding.make_mesh()
+  tx = optax.adam(1e-2)
+  method = optim.get('mgda', num_tasks=len(CONTRACT_TASKS))
+  train_step = sharding.jit_train_step(
+      step_lib.make_train_step(model, CONTRACT_TASKS, method, tx, 'rep'), mesh)
+  state = step_lib.create_state(model, method, tx, jax.random.PRNGKey(0), example['inputs'])
+  before = jax.tree.map(np.asarray, state.collections)
+  state, metrics = train_step(sharding.put_replicated(state, mesh),
+                              sharding.put_batch(example, mesh))
+  assert bool(metrics['finite'])
+  moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state.collections, before)
+  assert jax.tree.leaves(moved) and all(jax.tree.leaves(moved)), moved
 
 
 def test_encode_decode_split(setup):
@@ -186,7 +228,7 @@ def test_experts_are_stacked_and_vmapped(setup):
   jaxpr = jax.make_jaxpr(lambda v: model.encode(v, example['inputs']))(variables)
   dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'dot_general']
   assert len(dots) == 1, len(dots)
-  assert model.encode(variables, example['inputs'])['experts'].shape == (16, 3, 6)
+  assert model.encode(variables, example['inputs'])['experts'].shape == (16, 3, 8)
 
 
 def test_gate_weights_are_a_distribution_per_example(setup):
@@ -240,16 +282,25 @@ def test_bad_arch_kwargs(kwargs):
 
 
 def test_run_experts_groups_match_separate_runs():
-  """Groups batched into one program give each group what it gets alone, dropout included."""
+  """Groups batched into one program give each group what it gets alone (outputs, batch
+  statistics, dropout masks), with one input for all or one input per group."""
   expert = BatchNormMLP()
   x = jnp.asarray(helpers.batch()['inputs'])
-  a = mmoe.init_experts(expert, jax.random.PRNGKey(0), x, 2)
-  b = mmoe.init_experts(expert, jax.random.PRNGKey(1), x, 3)
+  groups = [mmoe.init_experts(expert, jax.random.PRNGKey(i), x, n) for i, n in enumerate((2, 3))]
   rngs = [{'dropout': jax.random.PRNGKey(5)}, {'dropout': jax.random.PRNGKey(6)}]
-  together, updates = mmoe.run_experts(expert, [a, b], x, train=True, rngs=rngs, mutable=True)
-  for group, r, out, upd in zip([a, b], rngs, together, updates):
-    (alone,), (alone_upd,) = mmoe.run_experts(expert, [group], x, train=True, rngs=[r],
-                                              mutable=True)
-    np.testing.assert_allclose(out, alone, rtol=1e-6, atol=1e-7)
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), upd, alone_upd)
-  assert together[0].shape == (16, 2, 6) and together[1].shape == (16, 3, 6)
+
+  @jax.jit
+  def run(groups, rngs, x):
+    def go(gs, rs, inputs):
+      return mmoe.run_experts(expert, gs, inputs, train=True, rngs=rs, mutable=True)
+    per_group_inputs = (x, 2 * x)
+    return ((go(groups, rngs, x), [go([g], [r], x) for g, r in zip(groups, rngs)]),
+            (go(groups, rngs, list(per_group_inputs)),
+             [go([g], [r], xi) for g, r, xi in zip(groups, rngs, per_group_inputs)]))
+
+  for (together, updates), alone in run(groups, rngs, x):
+    assert together[0].shape == (16, 2, 6) and together[1].shape == (16, 3, 6)
+    for out, update, ((alone_out,), (alone_update,)) in zip(together, updates, alone):
+      np.testing.assert_allclose(out, alone_out, rtol=1e-6, atol=1e-7)
+      jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), update,
+                   alone_update)
