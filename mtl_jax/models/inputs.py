@@ -1,8 +1,10 @@
 """Input layers: turn a dataset's raw inputs into features for the encoder.
 
 `for_dataset` picks the layer by the dataset's `input_kind`: 'tabular' (`Tabular`), 'dense'
-(`Identity`), or 'tokens' (`token_inputs.TokenEmbedding`, configured by `config.token_embedding`:
-{'tokens', 'mask'[, 'chars']} -> {'features' [B, T, E], 'mask' [B, T]} for a sequence encoder).
+(`Identity`), or 'tokens': {'tokens', 'mask'[, 'chars']} -> {'features' [B, T, E], 'mask' [B, T]}
+for a sequence encoder, made of `token_inputs.TokenEmbedding` (word embeddings and optional hashed
+character n-grams; options in `config.token_embedding`) and, when `config.char_cnn.filters` > 0,
+`CharCNN` word features (options in `config.char_cnn`), concatenated by `TokenFeatures`.
 """
 
 import inspect
@@ -44,6 +46,52 @@ class Identity(nn.Module):
     return jnp.asarray(inputs, jnp.float32)
 
 
+class CharCNN(nn.Module):
+  """Word features from characters (Ma & Hovy 2016, "End-to-end Sequence Labeling via
+  Bi-directional LSTM-CNNs-CRF"): character embeddings, one convolution over each word's
+  characters, max over positions.
+
+  Input: int [B, T, L] character ids of each word (0 = padding after the word's end); output
+  [B, T, filters]. The padding id has its own embedding, so windows at a word's end ("ng" + end)
+  are suffix detectors, which is what tags an unknown word.
+  """
+
+  vocab_size: int
+  embed_dim: int = 32
+  filters: int = 64
+  width: int = 3
+
+  @nn.compact
+  def __call__(self, chars: jax.Array, *, train: bool = False) -> jax.Array:
+    del train
+    chars = jnp.asarray(chars).astype(jnp.int32)
+    batch, length, word = chars.shape
+    x = nn.Embed(self.vocab_size, self.embed_dim, name='embedding')(chars)
+    x = nn.Conv(self.filters, (self.width,), padding='SAME', name='conv')(
+        x.reshape(batch * length, word, self.embed_dim))
+    return jnp.tanh(x.max(1)).reshape(batch, length, self.filters)
+
+
+class TokenFeatures(nn.Module):
+  """A token input layer ({'tokens', 'mask', ...} -> {'features', 'mask'}) with `CharCNN`
+  features of `inputs['chars']` concatenated to its features (dropout on them in training)."""
+
+  token_layer: nn.Module
+  char_cnn: nn.Module
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, inputs: dict, *, train: bool = False) -> dict:
+    out = self.token_layer(inputs, train=train)
+    if 'chars' not in inputs:
+      raise UserError('char_cnn features need inputs["chars"]: int [batch, time, chars]')
+    chars = self.char_cnn(inputs['chars'], train=train)
+    if self.dropout:
+      chars = nn.Dropout(self.dropout, deterministic=not train)(chars)
+    features = jnp.concatenate([out['features'], chars], -1)
+    return {'features': jnp.where(out['mask'][..., None], features, 0), 'mask': out['mask']}
+
+
 class Trunk(nn.Module):
   """Input layer followed by an encoder: the part of the model that maps inputs to features."""
 
@@ -62,21 +110,34 @@ def for_dataset(spec, builder, config) -> nn.Module:
   if spec.input_kind == 'dense':
     return Identity()
   if spec.input_kind == 'tokens':
-    return _token_embedding(spec.input_info(builder), dict(config.get('token_embedding', {})))
+    info = spec.input_info(builder)
+    layer = _token_embedding(info, dict(config.get('token_embedding', {})))
+    char_cnn = dict(config.get('char_cnn', {}))
+    if char_cnn.get('filters', 0):
+      dropout = char_cnn.pop('dropout', 0.0)
+      layer = TokenFeatures(layer, _make('char_cnn', CharCNN, char_cnn,
+                                         vocab_size=int(info['char_vocab_size'])), dropout)
+    return layer
   raise ValueError(f'no input layer for input kind {spec.input_kind!r}')
+
+
+def _make(key: str, cls: type, kwargs: dict, **fixed) -> nn.Module:
+  """`cls(**fixed, **kwargs)`; a UserError naming `config.<key>` for an unknown option."""
+  if set(kwargs) & set(fixed):
+    raise UserError(f'config.{key}.{sorted(set(kwargs) & set(fixed))[0]} is set by the dataset; '
+                    f'remove it')
+  options = [p for p in inspect.signature(cls).parameters
+             if p not in tuple(fixed) + ('parent', 'name')]
+  unknown = sorted(set(kwargs) - set(options))
+  if unknown:
+    raise UserError(f'config.{key} has unknown option(s) {", ".join(unknown)}; {cls.__name__}\'s '
+                    f'options are: {", ".join(options)}')
+  return cls(**fixed, **kwargs)
 
 
 def _token_embedding(info: dict, kwargs: dict) -> nn.Module:
   """`TokenEmbedding` sized by the dataset (`vocab_size`), options from the config."""
   # Imported here, so that the other input kinds do not depend on the sequence-model modules.
   from mtl_jax.models import token_inputs  # pylint: disable=import-outside-toplevel
-  cls = token_inputs.TokenEmbedding
-  if 'vocab_size' in kwargs:
-    raise UserError('config.token_embedding.vocab_size is set by the dataset; remove it')
-  options = [p for p in inspect.signature(cls).parameters
-             if p not in ('vocab_size', 'parent', 'name')]
-  unknown = sorted(set(kwargs) - set(options))
-  if unknown:
-    raise UserError(f'config.token_embedding has unknown option(s) {", ".join(unknown)}; '
-                    f'TokenEmbedding\'s options are: {", ".join(options)}')
-  return cls(vocab_size=int(info['vocab_size']), **kwargs)
+  return _make('token_embedding', token_inputs.TokenEmbedding, kwargs,
+               vocab_size=int(info['vocab_size']))

@@ -348,6 +348,54 @@ def test_token_task_checks():
 
 
 # ---------------------------------------------------------------------------------------------
+# The token input layer.
+
+
+def test_token_input_layer_from_the_config():
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from mtl_jax.models import inputs  # pylint: disable=import-outside-toplevel
+
+  class Builder:  # What `for_dataset` reads of a prepared builder.
+    class info:  # pylint: disable=invalid-name
+      metadata = {'vocab_size': 50, 'char_vocab_size': 20, 'max_len': 88, 'max_word_len': 16}
+
+  spec = registry.get('ud_english_ewt')
+  config = ml_collections.ConfigDict({
+      'token_embedding': {'embed_dim': 6},
+      'char_cnn': {'embed_dim': 3, 'filters': 5, 'width': 3, 'dropout': 0.5}})
+  layer = inputs.for_dataset(spec, Builder, config)
+  rng = np.random.default_rng(0)
+  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool)
+  chars = rng.integers(1, 20, (2, 4, 16)).astype(np.uint8)
+  chars[..., 5:] = 0  # Five-character words.
+  x = {'tokens': rng.integers(0, 50, (2, 4)).astype(np.int32), 'chars': chars, 'mask': mask}
+  variables = layer.init(jax.random.PRNGKey(0), x)
+  out = layer.apply(variables, x)
+  assert out['features'].shape == (2, 4, 6 + 5)
+  np.testing.assert_array_equal(out['mask'], mask)
+  assert not np.asarray(out['features'])[~mask].any()  # Zero at padding.
+  # A word's character features depend on its characters only: the same word in another place
+  # of another sentence gets the same features.
+  x['chars'][1, 0] = x['chars'][0, 2]
+  out = np.asarray(layer.apply(variables, x)['features'])
+  np.testing.assert_allclose(out[1, 0, 6:], out[0, 2, 6:], rtol=1e-6)
+  # Dropout on the character features in training only.
+  train = layer.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})
+  assert (np.asarray(train['features'])[..., 6:][mask] == 0).mean() > 0.2
+  config.char_cnn.filters = 0  # No character CNN: the word embedding alone.
+  assert inputs.for_dataset(spec, Builder, config).apply(
+      {'params': variables['params']['token_layer']}, x)['features'].shape == (2, 4, 6)
+  config.char_cnn.kernel = 3
+  config.char_cnn.filters = 5
+  with pytest.raises(UserError, match=r'config.char_cnn has unknown option\(s\) kernel'):
+    inputs.for_dataset(spec, Builder, config)
+  with pytest.raises(UserError, match='config.token_embedding.vocab_size is set by the dataset'):
+    inputs.for_dataset(spec, Builder, ml_collections.ConfigDict(
+        {'token_embedding': {'vocab_size': 3}}))
+
+
+# ---------------------------------------------------------------------------------------------
 # End to end.
 
 
