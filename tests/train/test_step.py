@@ -1,6 +1,7 @@
 """The train step's three gradient modes against gradients written out by hand."""
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -234,7 +235,7 @@ def test_rep_mode_sends_each_task_through_its_own_head_only():
     total = 0
     for eqn in jaxpr.eqns:
       total += eqn.primitive.name == 'dot_general'
-      for sub in jax.core.jaxprs_in_params(eqn.params):
+      for sub in jax_core.jaxprs_in_params(eqn.params):
         total += count(sub)
     return total
 
