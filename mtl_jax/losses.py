@@ -1,4 +1,9 @@
-"""Per-example losses by task kind, and the masked mean that makes a missing label count for nothing."""
+"""Per-example losses by task kind, and the masked mean by which a missing label counts for nothing.
+
+The binary and multiclass losses map over leading axes, so a per-token task's [B, T] labels
+(logits [B, T] or [B, T, C]) give a [B, T] loss, and `masked_mean` with a [B, T] mask is the mean
+over the real tokens.
+"""
 
 import jax
 import jax.numpy as jnp

@@ -2,7 +2,9 @@
 
 Every function takes predictions (the model's raw outputs: logits or values), labels and a boolean
 mask of which labels exist, and returns a float. Ranking metrics (AUC) need the whole split at once,
-which is why evaluation gathers outputs on the host rather than averaging per batch.
+which is why evaluation gathers outputs on the host rather than averaging per batch. A per-token
+task's tokens are pooled into one row each before its metrics (`Task.evaluate`), so that accuracy
+is over the split's real tokens and a class's F1 counts every token of it.
 """
 
 import numpy as np

@@ -68,8 +68,8 @@ def token_batch(rows: dict, spec: DatasetSpec, tasks: Sequence[Task] | None = No
   smallest bucket that holds the batch's longest sentence (the stored length if none does). Only
   padding is removed, and a sequence model's output at a real token does not depend on the padding
   after it, so the loss and metrics are those of the uncut batch (in training, up to dropout's
-  random masks, whose draw depends on the shape); but random batches of EWT rarely need the stored 88
-  positions (a batch of 32 needs 48 or fewer half the time), and a BiLSTM's cost is linear in
+  random masks, whose draw depends on the shape); but random batches of EWT rarely need the stored
+  88 positions (a batch of 32 needs 48 or fewer half the time), and a BiLSTM's cost is linear in
   them. Each bucket is one more shape for the jitted step to compile, so buckets are few. Every
   process cuts its own rows, so a multi-process run needs `time_buckets=()`.
   """
