@@ -12,7 +12,11 @@ from mtl_jax.train.loop import train_and_evaluate
 
 
 def single_task_config(config: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDict:
-  """The same model family and budget, one task, one head, plain loss."""
+  """The same input layer, encoder and budget, one task, one head, plain loss.
+
+  The architecture becomes `hard` (one trunk and one head), so the multi-task architecture's own
+  options (`arch_kwargs`, e.g. hierarchical's `task_depths`) are dropped with it.
+  """
   single = copy.deepcopy(config)
   with single.unlocked():
     single.tasks = (task,)
@@ -20,6 +24,7 @@ def single_task_config(config: ml_collections.ConfigDict, task: str) -> ml_colle
     single.method_kwargs = ml_collections.ConfigDict()
     single.mode = 'auto'
     single.arch = 'hard'
+    single.arch_kwargs = ml_collections.ConfigDict()
     single.best_metric = f'val/{task}/{config.best_metric.split("/")[-1]}'
     single.log_prefix = f'[single-task {task}] '
   return single
