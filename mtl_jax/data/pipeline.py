@@ -172,7 +172,14 @@ def load_columns(builder: tfds.core.DatasetBuilder, split: str) -> Columns:
   """A whole split as a (nested) dict of numpy arrays, one row per example, in stored order.
 
   `split` is a split name or any tfds split slice ('train[:10%]', 'test[100:200]').
+
+  A builder with a `read_split(split)` method (the `data.catalog` adapters, which map the
+  trainer's split names to tfds split expressions and turn examples into fixed-shape columns)
+  reads the split itself.
   """
+  read_split = getattr(builder, 'read_split', None)
+  if callable(read_split):
+    return read_split(split)
   splits = list(builder.info.splits)
   if split.split('[')[0] not in splits:
     raise UnknownNameError(f'dataset {builder.name!r} has no split {split!r}; valid splits: '

@@ -1,10 +1,11 @@
 """Input layers: turn a dataset's raw inputs into features for the encoder.
 
 `for_dataset` picks the layer by the dataset's `input_kind`: 'tabular' (`Tabular`), 'dense'
-(`Identity`), or 'tokens': {'tokens', 'mask'[, 'chars']} -> {'features' [B, T, E], 'mask' [B, T]}
-for a sequence encoder, made of `token_inputs.TokenEmbedding` (word embeddings and optional hashed
-character n-grams; options in `config.token_embedding`) and, when `config.char_cnn.filters` > 0,
-`CharCNN` word features (options in `config.char_cnn`), concatenated by `TokenFeatures`.
+(`Identity`), 'image' (`ImageScale`: uint8 images [B, H, W, C] -> float in [0, 1]), or 'tokens':
+{'tokens', 'mask'[, 'chars']} -> {'features' [B, T, E], 'mask' [B, T]} for a sequence encoder,
+made of `token_inputs.TokenEmbedding` (word embeddings and optional hashed character n-grams;
+options in `config.token_embedding`) and, when `config.char_cnn.filters` > 0, `CharCNN` word
+features (options in `config.char_cnn`), concatenated by `TokenFeatures`.
 """
 
 import inspect
@@ -44,6 +45,15 @@ class Identity(nn.Module):
   def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
     del train
     return jnp.asarray(inputs, jnp.float32)
+
+
+class ImageScale(nn.Module):
+  """uint8 images [B, H, W, C] (as the data pipeline keeps them) -> float32 in [0, 1]."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+    del train
+    return jnp.asarray(inputs, jnp.float32) / 255.0
 
 
 class CharCNN(nn.Module):
@@ -109,6 +119,8 @@ def for_dataset(spec, builder, config) -> nn.Module:
     return Tabular(tuple(int(v) for v in info['vocab_sizes']), config.get('embed_dim', 8))
   if spec.input_kind == 'dense':
     return Identity()
+  if spec.input_kind == 'image':
+    return ImageScale()
   if spec.input_kind == 'tokens':
     info = spec.input_info(builder)
     layer = _token_embedding(info, dict(config.get('token_embedding', {})))
