@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from mtl_jax.errors import UserError
+from mtl_jax.sweep import short_keys
 
 # Same table as mtl_jax.metrics.HIGHER_IS_BETTER (not imported: that module pulls in JAX).
 HIGHER_IS_BETTER = {'auc': True, 'accuracy': True, 'f1': True, 'rmse': False, 'mae': False,
@@ -253,17 +254,14 @@ def _fmt(value, digits=4, signed=False) -> str:
   return f'{value:+.{digits}f}' if signed else f'{value:.{digits}f}'
 
 
-def _short(key: str) -> str:
-  return key.split('.')[-1]
-
-
 def to_markdown(report: dict, workdirs) -> str:
   tasks, metrics, keys = report['tasks'], report['metrics'], report['override_keys']
+  short = short_keys(keys)
   lines = [f'# Runs under {", ".join(workdirs)}', '',
            f'Test metrics of the best checkpoint; Δm% against each run\'s single-task baselines '
            f'(higher is better); rank per task among these {len(report["rows"])} runs (1 = best, '
            f'ties share), sorted by mean rank.', '']
-  header = ['run'] + [_short(k) for k in keys] + [f'{t} {metrics[t]}' for t in tasks] + [
+  header = ['run'] + [short[k] for k in keys] + [f'{t} {metrics[t]}' for t in tasks] + [
       'Δm%', 'mean rank'] + [f'rank {t}' for t in tasks] + ['best step']
   lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in report['rows']:
@@ -275,7 +273,7 @@ def to_markdown(report: dict, workdirs) -> str:
   if report['groups']:
     lines += ['', f'Mean ± std over seeds:', '']
     group_keys = [k for k in keys if k != 'seed']
-    header = [_short(k) for k in group_keys] + ['seeds'] + [f'{t} {metrics[t]}' for t in tasks] + [
+    header = [short[k] for k in group_keys] + ['seeds'] + [f'{t} {metrics[t]}' for t in tasks] + [
         'Δm%', 'mean rank']
     lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for g in report['groups']:

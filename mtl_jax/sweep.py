@@ -209,6 +209,7 @@ def _parse_string(text: str, current, key: str):
 def apply_overrides(config, overrides: dict):
   """A copy of `config` with `overrides` ({'a.b': value}) set, as `--config.a.b=value` would."""
   config = copy.deepcopy(config)
+  locked = config.is_locked
   for key, value in overrides.items():
     *path, last = key.split('.')
     holder = config
@@ -241,6 +242,8 @@ def apply_overrides(config, overrides: dict):
     except (TypeError, ValueError) as e:
       raise UserError(f'config.{key}={value!r}: the field holds a {type(current).__name__} '
                       f'({current!r}); {e}') from None
+  if locked:
+    config.unlock().lock()  # again, recursively: a dict set above became an unlocked ConfigDict
   return config
 
 
@@ -302,9 +305,11 @@ def trials_of(config, workdir: str, sweep_file: str) -> list[Trial]:
   return out
 
 
-def list_trials(trials: list[Trial]) -> str:
+def list_trials(trials: list[Trial], sweep_file: str) -> str:
+  """A header, then one line per trial starting with its index (so scripts can count the trials
+  with `grep -c '^\\s*[0-9]'`)."""
   width = max(len(t.name) for t in trials)
-  lines = [f'{len(trials)} trials (--sweep_index=0..{len(trials) - 1}):']
+  lines = [f'Sweep {sweep_file}: {len(trials)} trials (--sweep_index=0..{len(trials) - 1}):']
   for t in trials:
     status = 'finished' if is_finished(t.config, t.workdir) else (
         'started' if os.path.exists(os.path.join(t.workdir, TRIAL_RECORD)) else 'not started')
@@ -335,7 +340,7 @@ def _run_parallel(trials: list[Trial], total: int, parallel: int, argv: list[str
   each one's output goes to `<trial workdir>/launch.log`. Returns the number that failed."""
   pending = [t for t in trials if not is_finished(t.config, t.workdir)]
   for t in trials:
-    if t not in pending:
+    if t.index not in {p.index for p in pending}:
       print(f'[sweep trial {t.index}/{total - 1}: {t.name}] finished already; skipped', flush=True)
   env = dict(os.environ)
   # N processes on one accelerator: without this, the first one takes most of its memory.
@@ -375,7 +380,7 @@ def launch(config, workdir: str, sweep_file: str, *, index=None, parallel: int =
   """
   trials = trials_of(config, workdir, sweep_file)
   if list_only:
-    print(list_trials(trials), flush=True)
+    print(list_trials(trials, sweep_file), flush=True)
     return 0
   if index is not None and not 0 <= index < len(trials):
     raise UserError(f'--sweep_index={index} is out of range: {sweep_file} has {len(trials)} '

@@ -93,6 +93,8 @@ def test_files_written_and_readable(sweep_dir, tmp_path, capsys):
   assert float(rows[0]['mean_rank']) == 2.25 and float(rows[2]['rank/b']) == 1
   markdown = (out / 'report.md').read_text()
   assert '| `method=pcgrad,seed=0` | pcgrad | 0 | 0.8000 | 0.9500 | +2.500 | 2.25 |' in markdown
+  assert ('* a auc 0.8000, b rmse 1.0000: the single_task/ runs of `method=pcgrad,seed=0`, '
+          '`method=mgda,seed=0`') in markdown  # one line for the shared baseline numbers
   import matplotlib.image
   for name in ('learning_curves.png', 'task_weights.png', 'pareto.png'):
     image = matplotlib.image.imread(out / name)

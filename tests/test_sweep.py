@@ -3,6 +3,7 @@ stand-in trainer, and end to end through launch.py on tiny census runs)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -99,6 +100,11 @@ def test_overrides_set_nested_keys_with_the_field_types():
   assert config.method == 'ew' and dict(config.method_kwargs) == {}  # the original is untouched
   with pytest.raises(AttributeError):
     new.not_a_key = 1  # still locked
+  # A whole option dict at once (e.g. zipped with the method it belongs to).
+  new = sweep.apply_overrides(config, {'method': 'cagrad', 'method_kwargs': {'c': 0.4}})
+  assert new.method_kwargs.c == 0.4 and new.method_kwargs.is_locked
+  assert sweep.trial_name({'method': 'cagrad', 'method_kwargs': {'c': 0.4}}) == (
+      'method=cagrad,method_kwargs=c-0.4')
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -157,6 +163,8 @@ def test_runner_runs_every_trial_in_order_and_skips_finished_ones(tmp_path, caps
   sweep.launch(config, workdir, path, list_only=True)
   listing = capsys.readouterr().out
   assert '4 trials' in listing and '2  method=mgda,seed=0  finished' in listing
+  # Scripts count the trials by the lines that start with an index (the header does not).
+  assert len(re.findall(r'^\s*[0-9]', listing, flags=re.M)) == 4
   assert '0  method=ew,seed=0    not started' in listing
   # A changed config (here more steps) re-runs the trial (the loop would resume it).
   with config.unlocked():
