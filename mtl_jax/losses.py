@@ -39,15 +39,25 @@ BY_KIND = {
 }
 
 
-def masked_mean(per_example: jax.Array, mask: jax.Array | None) -> jax.Array:
+def masked_mean(per_example: jax.Array, mask: jax.Array | None,
+                weights: jax.Array | None = None) -> jax.Array:
   """Mean over the examples whose label exists; exactly 0 (with zero gradient) when none does.
+
+  With `weights` (same shape as `per_example`, e.g. class weights of each example's label) the
+  weighted mean sum(w l) / sum(w) over those examples.
 
   Masked-out entries are replaced before the sum, so a NaN or garbage label under the mask cannot
   leak into the loss or its gradient.
   """
   per_example = per_example.astype(jnp.float32)
-  if mask is None:
-    return per_example.mean()
-  mask = mask.astype(bool)
-  total = jnp.where(mask, per_example, 0.0).sum()
-  return total / jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+  if weights is None:
+    if mask is None:
+      return per_example.mean()
+    mask = mask.astype(bool)
+    total = jnp.where(mask, per_example, 0.0).sum()
+    return total / jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+  weights = jnp.broadcast_to(weights.astype(jnp.float32), per_example.shape)
+  if mask is not None:
+    weights = jnp.where(mask.astype(bool), weights, 0.0)
+  total = jnp.where(weights > 0, weights * per_example, 0.0).sum()
+  return total / jnp.maximum(weights.sum(), jnp.finfo(jnp.float32).tiny)

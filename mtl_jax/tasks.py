@@ -37,6 +37,9 @@ class Task:
       [B, T] with a label mask [B, T] (False on padding and missing labels), outputs [B, T] or
       [B, T, num_outputs]. The loss is the mean over the batch's real tokens (every token weighs
       the same, whatever its sentence's length) and metrics pool all real tokens of the split.
+    class_weights: None, or one weight per class (2 for binary: [w_0, w_1]) for a binary or
+      multiclass task: the loss becomes the weighted mean sum_i w_{y_i} l_i / sum_i w_{y_i} over
+      the labelled examples (tokens). Metrics are unweighted. See `with_class_weights`.
   """
 
   name: str
@@ -44,6 +47,7 @@ class Task:
   num_outputs: int = 1
   metrics: tuple[str, ...] = ()
   per_token: bool = False
+  class_weights: tuple[float, ...] | None = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -57,6 +61,16 @@ class Task:
                       f'{", ".join(PER_TOKEN_KINDS)}, not {self.kind!r}')
     if not self.metrics:
       object.__setattr__(self, 'metrics', DEFAULT_METRICS[self.kind])
+    if self.class_weights is not None:
+      weights = tuple(float(w) for w in self.class_weights)
+      classes = 2 if self.kind == 'binary' else self.num_outputs
+      if self.kind not in ('binary', 'multiclass'):
+        raise UserError(f'task {self.name!r}: class weights need a binary or multiclass task, '
+                        f'not {self.kind!r}')
+      if len(weights) != classes or not all(np.isfinite(w) and w > 0 for w in weights):
+        raise UserError(f'task {self.name!r}: class weights must be {classes} positive numbers '
+                        f'(one per class), got {list(self.class_weights)}')
+      object.__setattr__(self, 'class_weights', weights)
     for metric in self.metrics:
       if metric not in metrics_lib.METRICS:
         raise UnknownNameError(
@@ -79,7 +93,10 @@ class Task:
     if mask is not None:
       keep = mask.astype(bool).reshape(mask.shape + (1,) * (labels.ndim - mask.ndim))
       labels = jax.numpy.where(keep, labels, jax.numpy.zeros_like(labels))
-    return losses_lib.masked_mean(losses_lib.BY_KIND[self.kind](outputs, labels), mask)
+    weights = None
+    if self.class_weights is not None:
+      weights = jax.numpy.asarray(self.class_weights, jax.numpy.float32)[labels.astype(int)]
+    return losses_lib.masked_mean(losses_lib.BY_KIND[self.kind](outputs, labels), mask, weights)
 
   def evaluate(self, outputs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None):
     """{metric: value} over the labels under `mask` (for a per-token task: the real tokens)."""
@@ -147,3 +164,48 @@ def select(available: Sequence[Task], names: Sequence[str], dataset: str) -> tup
   if len(set(names)) != len(names):
     raise UserError(f'a task is listed twice: {list(names)}')
   return tuple(by_name[name] for name in names)
+
+
+def with_class_weights(tasks: Sequence[Task], class_weights: dict,
+                       train_labels: dict[str, Sequence[np.ndarray]]) -> tuple[Task, ...]:
+  """`tasks` with `config.class_weights` applied: {task: 'balanced' or [w_0, w_1, ...]}.
+
+  'balanced' is w_c = n / (C n_c) (scikit-learn's rule): n labelled training examples (tokens)
+  of which n_c are of class c, C classes; computed from `train_labels[task]` (arrays of labels,
+  -1 = missing). A class absent from the training labels is a UserError (its weight would be
+  infinite). Explicit weights are used as given.
+  """
+  by_name = {task.name: task for task in tasks}
+  unknown = sorted(set(class_weights) - set(by_name))
+  if unknown:
+    raise UnknownNameError(f'class_weights names unknown task {unknown[0]!r}; the tasks are: '
+                           f'{", ".join(by_name)}')
+  out = []
+  for task in tasks:
+    spec = class_weights.get(task.name)
+    if spec is None:
+      out.append(task)
+      continue
+    if isinstance(spec, str):
+      if spec != 'balanced':
+        raise UserError(f"class_weights[{task.name!r}] = {spec!r}: use 'balanced' or a list of "
+                        f'weights, one per class')
+      if task.kind not in ('binary', 'multiclass'):
+        raise UserError(f'task {task.name!r}: class weights need a binary or multiclass task, '
+                        f'not {task.kind!r}')
+      classes = 2 if task.kind == 'binary' else task.num_outputs
+      labels = np.concatenate([np.asarray(y).reshape(-1) for y in train_labels[task.name]])
+      labels = labels[labels != -1].astype(np.int64)
+      counts = np.bincount(labels, minlength=classes)[:classes]
+      if np.any(counts == 0):
+        raise UserError(f"task {task.name!r}: 'balanced' class weights, but class "
+                        f'{int(np.flatnonzero(counts == 0)[0])} never occurs in the training '
+                        f'labels; give explicit weights')
+      spec = tuple(len(labels) / (classes * counts))
+    try:
+      spec = tuple(float(w) for w in spec)
+    except (TypeError, ValueError):
+      raise UserError(f"class_weights[{task.name!r}] = {spec!r}: use 'balanced' or a list of "
+                      f'weights, one per class') from None
+    out.append(dataclasses.replace(task, class_weights=spec))
+  return tuple(out)

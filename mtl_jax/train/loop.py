@@ -19,11 +19,12 @@ import numpy as np
 import optax
 
 from mtl_jax import data as data_lib
+from mtl_jax.data import mixtures
 from mtl_jax import metrics as metrics_lib
 from mtl_jax import models
 from mtl_jax import optim
 from mtl_jax import tasks as tasks_lib
-from mtl_jax.errors import UserError
+from mtl_jax.errors import UnknownNameError, UserError
 from mtl_jax.train import checkpoint as checkpoint_lib
 from mtl_jax.train import sharding
 from mtl_jax.train import step as step_lib
@@ -46,6 +47,13 @@ class Setup:
   method: Any  # optim.MultiTaskTransformation
   optimizer: optax.GradientTransformation
   mode: str
+  # A mixture (`config.dataset` names one of `mixtures.MIXTURES`): its spec, the members' splits
+  # (split -> [LoadedMember], members without a selected task left out) and the rate function.
+  # For a plain dataset these are None, and `spec`/`columns` are the dataset's; for a mixture they
+  # are the first member's (its inputs stand for every member's).
+  mixture: Any = None
+  members: dict | None = None
+  rate: Any = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,26 +98,122 @@ def _check_best_metric(config, tasks) -> None:
                     f'with a task in {valid} and a metric in {sorted(metric_names)}')
 
 
+def _dataset_or_mixture(name: str):
+  """(DatasetSpec, None) or (None, MixtureSpec) for `config.dataset`."""
+  if name in mixtures.MIXTURES:
+    return None, mixtures.get(name)
+  try:
+    return data_lib.get(name), None
+  except UnknownNameError as e:
+    raise UnknownNameError(f'{e}; valid mixture names: {", ".join(mixtures.MIXTURES.names())}'
+                           ) from None
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
   """Builds and checks everything; raises UserError with a fix for anything wrong."""
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
-  spec = data_lib.get(config.dataset)
-  tasks = tasks_lib.select(spec.tasks, list(config.tasks), config.dataset)
+  spec, mixture = _dataset_or_mixture(config.dataset)
+  available = spec.tasks if mixture is None else mixture.tasks()
+  tasks = tasks_lib.select(available, list(config.tasks), config.dataset)
   method = optim.get(config.method, num_tasks=len(tasks), **dict(config.get('method_kwargs', {})))
   models.ARCHS.get(config.arch)
   _check_best_metric(config, tasks)
-  columns = {}
-  for split in ('train', 'validation', 'test'):
-    builder, columns[split] = _load_split(config.dataset, config.get('data_dir', ''), split)
-    data_lib.check_columns(columns[split], tasks, split)
+  columns, members, rate = {}, None, None
+  if mixture is None:
+    for split in ('train', 'validation', 'test'):
+      builder, columns[split] = _load_split(config.dataset, config.get('data_dir', ''), split)
+      data_lib.check_columns(columns[split], tasks, split)
+    train_labels = {t.name: [columns['train'][t.name]] for t in tasks}
+  else:
+    builder, members, rate = _setup_mixture(config, mixture, tasks)
+    spec = members['train'][0].spec
+    columns = {split: loaded[0].columns for split, loaded in members.items()}
+    train_labels = {t.name: [m.columns[t.name] for m in members['train']
+                             if t.name in {u.name for u in m.tasks}] for t in tasks}
+  tasks = tasks_lib.with_class_weights(tasks, dict(config.get('class_weights', {})), train_labels)
   input_layer = models.inputs.for_dataset(spec, builder, config)
   model = models.build(config.arch, tasks, input_layer, config.encoder,
                        config.get('encoder_kwargs', {}), config.get('head_hidden_sizes', ()),
                        **dict(config.get('arch_kwargs', {})))
   mode = step_lib.resolve_mode(config.get('mode', 'auto'), method, model)
   return Setup(config, mesh, tasks, spec, columns, model, method, make_optimizer(config, model),
-               mode)
+               mode, mixture, members, rate)
+
+
+MIXTURE_OPTIONS = ('rate', 'rate_kwargs', 'per_batch')
+
+
+def _mixture_options(config, mixture) -> dict:
+  """The mixture's rate, rate_kwargs and per_batch, overridden by `config.mixture` (optional)."""
+  given = dict(config.get('mixture', {}))
+  unknown = sorted(set(given) - set(MIXTURE_OPTIONS))
+  if unknown:
+    raise UserError(f'config.mixture has unknown option(s) {", ".join(unknown)}; valid: '
+                    f'{", ".join(MIXTURE_OPTIONS)}')
+  rate = given.get('rate', mixture.rate)
+  # The registered rate_kwargs belong to the registered rate; another rate starts from none.
+  kwargs = dict(mixture.rate_kwargs) if rate == mixture.rate else {}
+  kwargs.update(dict(given.get('rate_kwargs', {})))
+  return {'rate': rate, 'rate_kwargs': kwargs,
+          'per_batch': bool(given.get('per_batch', mixture.per_batch))}
+
+
+def _setup_mixture(config, mixture, tasks):
+  """(builder of the first member, {split: [LoadedMember]}, rate): every member with a selected
+  task, its splits loaded and checked, inputs checked to match, and the rate built."""
+  selected = {t.name for t in tasks}
+  loader = lambda dataset, split: _load_split(dataset, config.get('data_dir', ''), split)
+  members, builders = {}, []
+  for split in ('train', 'validation', 'test'):
+    members[split] = []
+    for member in mixture.members:
+      if not selected & set(member.tasks):
+        continue  # It would only add unlabelled examples.
+      builder, loaded = mixtures.load_member(member, split, loader)
+      loaded.tasks = tuple(t for t in loaded.tasks if t.name in selected)
+      data_lib.check_columns(loaded.columns, loaded.tasks, f'{split} of member {member.name!r}')
+      members[split].append(loaded)
+      if split == 'train':
+        builders.append(builder)
+  kinds = {m.spec.input_kind for m in members['train']}
+  if len(kinds) > 1:
+    raise UserError(f'mixture {mixture.name!r}: members have different input kinds {sorted(kinds)}')
+  mixtures.check_inputs(members['train'],
+                        [m.spec.input_info(b) for m, b in zip(members['train'], builders)])
+  options = _mixture_options(config, mixture)
+  rate = mixtures.make_rate(options['rate'],
+                            [data_lib.num_rows(m.columns) for m in members['train']],
+                            config.num_train_steps, **options['rate_kwargs'])
+  return builders[0], members, rate
+
+
+def train_iterator(s: Setup):
+  """This process's endless training batches (a grain iterator, checkpointed with the state)."""
+  if s.mixture is None:
+    return data_lib.train_iterator(
+        s.columns['train'], s.config.batch_size, s.config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        transform=s.spec.to_batch)
+  return mixtures.train_iterator(
+      s.members['train'], s.tasks, s.config.batch_size, s.config.seed, s.rate,
+      jax.process_index(), jax.process_count(),
+      per_batch=_mixture_options(s.config, s.mixture)['per_batch'])
+
+
+def _eval_sources(s: Setup, split: str) -> list:
+  """[(spec, columns, task names)] to evaluate on `split`: the dataset with every task, or each
+  distinct split of the mixture's members with the tasks of the members reading it."""
+  if s.mixture is None:
+    return [(s.spec, s.columns[split], [t.name for t in s.tasks])]
+  sources = {}
+  for member, loaded in zip([m for m in s.mixture.members
+                             if {t.name for t in s.tasks} & set(m.tasks)], s.members[split]):
+    key = (member.dataset, repr(member.splits[split]))
+    if key not in sources:
+      sources[key] = (loaded.spec, loaded.columns, [])
+    sources[key][2].extend(t.name for t in loaded.tasks if t.name not in sources[key][2])
+  return list(sources.values())
 
 
 def evaluate(s: Setup, variables, split: str, predict) -> dict:
@@ -121,14 +225,16 @@ def evaluate(s: Setup, variables, split: str, predict) -> dict:
   masks = {t.name: [] for t in s.tasks}
   batch_size = s.config.get('eval_batch_size', 4096)
   batch_size -= batch_size % s.mesh.devices.size
-  for batch, valid in data_lib.eval_batches(s.columns[split], batch_size):
-    batch = s.spec.to_batch(batch)
-    local = _local_slice(batch)
-    out = jax.device_get(predict(variables, sharding.put_batch(local['inputs'], s.mesh)))
-    for t in s.tasks:
-      outputs[t.name].append(np.asarray(out[t.name])[valid])
-      labels[t.name].append(np.asarray(batch['labels'][t.name])[valid])
-      masks[t.name].append(np.asarray(batch['label_mask'][t.name])[valid])
+  by_name = {t.name: t for t in s.tasks}
+  for spec, columns, names in _eval_sources(s, split):
+    for batch, valid in data_lib.eval_batches(columns, batch_size):
+      batch = spec.to_batch(batch, [by_name[name] for name in names])
+      local = _local_slice(batch)
+      out = jax.device_get(predict(variables, sharding.put_batch(local['inputs'], s.mesh)))
+      for name in names:
+        outputs[name].append(np.asarray(out[name])[valid])
+        labels[name].append(np.asarray(batch['labels'][name])[valid])
+        masks[name].append(np.asarray(batch['label_mask'][name])[valid])
   results, per_metric = {}, {}
   for t in s.tasks:
     out, lab, mask = (_concatenate(x[t.name]) for x in (outputs, labels, masks))
@@ -186,11 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = writers.MetricWriter(workdir)
   replicated = sharding.replicated(s.mesh)
 
-  train_iter = data_lib.train_iterator(
-      s.columns['train'], config.batch_size, config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      transform=s.spec.to_batch)
-  example = s.spec.to_batch(data_lib.first_rows(s.columns['train'], 2))
+  train_iter = train_iterator(s)
+  example = s.spec.to_batch(data_lib.first_rows(s.columns['train'], 2))  # any member's inputs
   state = jax.jit(
       lambda rng: step_lib.create_state(s.model, s.method, s.optimizer, rng, example['inputs']),
       out_shardings=replicated)(jax.random.PRNGKey(config.seed))
