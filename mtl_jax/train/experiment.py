@@ -46,29 +46,47 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def delta_m(multi: dict, single: dict, tasks, metric: str) -> float:
+def delta_m(multi: dict, single: dict, tasks, metric) -> float:
   """Δm% (Maninis et al. 2019): mean over tasks of (-1)^l (M_mtl - M_stl) / M_stl * 100,
-  l = 1 when lower is better."""
-  sign = 1.0 if metrics_lib.HIGHER_IS_BETTER[metric] else -1.0
-  changes = [sign * (multi[f'test/{t}/{metric}'] - single[t][f'test/{t}/{metric}'])
-             / single[t][f'test/{t}/{metric}'] for t in tasks]
+  l = 1 when lower is better. `metric`: one metric name for every task, or {task: metric}."""
+  changes = []
+  for t in tasks:
+    name = metric[t] if isinstance(metric, dict) else metric
+    sign = 1.0 if metrics_lib.HIGHER_IS_BETTER[name] else -1.0
+    stl = single[t][f'test/{t}/{name}']
+    changes.append(sign * (multi[f'test/{t}/{name}'] - stl) / stl)
   return 100.0 * float(np.mean(changes))
 
 
-def format_table(config, results: dict) -> str:
-  metric = config.best_metric.split('/')[-1]
-  multi, single = results['multi_task'], results['single_task']
-  lines = [f'Test {metric} ({config.dataset}, arch={config.arch}, method={config.method}, '
-           f'best checkpoint by {config.best_metric}):',
-           f'  {"task":<16} {"multi-task":>11} {"single-task":>12} {"difference":>11}']
+def table_metrics(config, multi: dict) -> dict:
+  """{task: the metric its row shows}: the metric of `best_metric` where the task has it, else
+  the task's first reported test metric (tasks of other kinds, e.g. rmse beside auc)."""
+  wanted = config.best_metric.split('/')[-1]
+  chosen = {}
   for task in config.tasks:
-    m = multi[f'test/{task}/{metric}']
+    prefix = f'test/{task}/'
+    reported = [k[len(prefix):] for k in multi if k.startswith(prefix)]
+    chosen[task] = wanted if wanted in reported else (reported[0] if reported else wanted)
+  return chosen
+
+
+def format_table(config, results: dict) -> str:
+  multi, single = results['multi_task'], results['single_task']
+  metrics = table_metrics(config, multi)
+  names = sorted(set(metrics.values()))
+  lines = [f'Test {", ".join(names)} ({config.dataset}, arch={config.arch}, '
+           f'method={config.method}, best checkpoint by {config.best_metric}):',
+           f'  {"task":<16} {"metric":<8} {"multi-task":>11} {"single-task":>12} '
+           f'{"difference":>11}']
+  for task in config.tasks:
+    metric = metrics[task]
+    m = multi.get(f'test/{task}/{metric}', float('nan'))
     if task in single:
       s = single[task][f'test/{task}/{metric}']
-      lines.append(f'  {task:<16} {m:>11.4f} {s:>12.4f} {m - s:>+11.4f}')
+      lines.append(f'  {task:<16} {metric:<8} {m:>11.4f} {s:>12.4f} {m - s:>+11.4f}')
     else:
-      lines.append(f'  {task:<16} {m:>11.4f} {"-":>12} {"-":>11}')
+      lines.append(f'  {task:<16} {metric:<8} {m:>11.4f} {"-":>12} {"-":>11}')
   if single and len(single) == len(config.tasks):
     lines.append(f'  Δm% (relative change over single-task, mean over tasks): '
-                 f'{delta_m(multi, single, config.tasks, metric):+.3f}%')
+                 f'{delta_m(multi, single, config.tasks, metrics):+.3f}%')
   return '\n'.join(lines)

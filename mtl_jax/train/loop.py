@@ -111,6 +111,7 @@ def _dataset_or_mixture(name: str):
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
   """Builds and checks everything; raises UserError with a fix for anything wrong."""
+  data_lib.custom.register_from_config(config)  # config.custom_data: the user's own files
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   spec, mixture = _dataset_or_mixture(config.dataset)

@@ -39,3 +39,21 @@ def test_delta_m_signs_follow_the_metric_direction():
   single = {'a': {'test/a/auc': 0.8}, 'b': {'test/b/rmse': 1.0}}
   assert experiment.delta_m(multi, {'a': single['a']}, ['a'], 'auc') == pytest.approx(12.5)
   assert experiment.delta_m(multi, {'b': single['b']}, ['b'], 'rmse') == pytest.approx(-10.0)
+
+
+def test_table_of_tasks_with_different_metrics():
+  """A regression task beside binary ones, best_metric on a binary task: each row shows a metric
+  the task reports (this raised KeyError 'test/price/auc')."""
+  config = ml_collections.ConfigDict({
+      'dataset': 'shop', 'arch': 'hard', 'method': 'ew', 'best_metric': 'val/sold/auc',
+      'tasks': ('sold', 'price')})
+  multi = {'test/sold/auc': 0.9, 'test/sold/accuracy': 0.8, 'test/price/rmse': 2.0,
+           'test/price/mae': 1.5}
+  single = {'sold': {'test/sold/auc': 0.8}, 'price': {'test/price/rmse': 2.5}}
+  assert experiment.table_metrics(config, multi) == {'sold': 'auc', 'price': 'rmse'}
+  table = experiment.format_table(config, {'multi_task': multi, 'single_task': single})
+  assert 'price            rmse' in table and 'sold             auc' in table
+  # Δm%: (0.9 - 0.8) / 0.8 = +12.5% and -(2.0 - 2.5) / 2.5 = +20%: mean +16.25%.
+  assert '+16.250%' in table
+  no_baselines = experiment.format_table(config, {'multi_task': multi, 'single_task': {}})
+  assert 'Δm%' not in no_baselines and '2.0000' in no_baselines
