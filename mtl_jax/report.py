@@ -326,8 +326,8 @@ def _plot_order(rows) -> list:
 
 
 def _styles(rows) -> dict:
-  """run -> (color, linestyle): one color per group of overrides without the seed, one line style
-  per seed (one color per run when there are no overrides)."""
+  """run -> (color, linestyle, marker): one color per group of overrides without the seed, one
+  line style and marker per seed (one color per run when there are no overrides)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   groups = []
   for row in _plot_order(rows):
@@ -336,13 +336,14 @@ def _styles(rows) -> dict:
     groups += [group] if group not in groups else []
   seeds = sorted({row['overrides'].get('seed') for row in rows}, key=repr)
   cmap = matplotlib.colormaps['tab10' if len(groups) <= 10 else 'tab20']
-  lines = ['-', '--', ':', '-.']
+  lines, markers = ['-', '--', ':', '-.'], ['o', 's', '^', 'D', 'v', 'P']
   out = {}
   for row in rows:
     group = json.dumps({k: v for k, v in row['overrides'].items() if k != 'seed'},
                        sort_keys=True, default=repr) if row['overrides'] else row['run']
-    out[row['run']] = (cmap(groups.index(group) % cmap.N),
-                       lines[seeds.index(row['overrides'].get('seed')) % len(lines)])
+    seed = seeds.index(row['overrides'].get('seed'))
+    out[row['run']] = (cmap(groups.index(group) % cmap.N), lines[seed % len(lines)],
+                       markers[seed % len(markers)])
   return out
 
 
@@ -370,7 +371,7 @@ def plot_learning_curves(report: dict, path: str) -> bool:
       for row in rows:
         if key in series[row['run']]:
           steps, values = series[row['run']][key]
-          color, style = styles[row['run']]
+          color, style, _ = styles[row['run']]
           ax.plot(steps, values, color=color, linestyle=style, label=row['run'], linewidth=1.5)
       ax.set_title(f'{task}: {ylabel}', fontsize=12)
       ax.set_xlabel('step')
@@ -399,7 +400,7 @@ def plot_task_weights(report: dict, path: str) -> bool:
       key = f'train/weights/{task}'
       if key in series[row['run']]:
         steps, values = series[row['run']][key]
-        color, style = styles[row['run']]
+        color, style, _ = styles[row['run']]
         ax.plot(steps, values, color=color, linestyle=style, label=row['run'], linewidth=1.5)
     ax.set_title(f'{task}: task weight', fontsize=12)
     ax.set_xlabel('step')
@@ -444,10 +445,11 @@ def plot_pareto(report: dict, path: str) -> bool:
   front = pareto_front(points, (higher_is_better(metrics[t1]), higher_is_better(metrics[t2])))
   fig, ax = plt.subplots(figsize=(7.5, 6.5 + 0.2 * len(rows)), layout='constrained')
   for row, (x, y) in zip(rows, points):
-    ax.scatter([x], [y], color=styles[row['run']][0], s=50, zorder=3, label=row['run'],
+    ax.scatter([x], [y], color=styles[row['run']][0], marker=styles[row['run']][2], s=55,
+               zorder=3, label=row['run'],
                edgecolors='black' if rows.index(row) in front else 'none')
   ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color='black',
-          linewidth=1.2, zorder=2, label='Pareto front')
+          linewidth=1.2, zorder=2, label='Pareto front (ringed points)')
   baselines = {json.dumps(r['baseline'], sort_keys=True) for r in rows
                if t1 in r['baseline'] and t2 in r['baseline']}
   for k, b in enumerate(sorted(baselines)):
