@@ -159,3 +159,144 @@ def test_batches_are_dense(built):
   for task in ('y1', 'y2'):
     assert batch['labels'][task].shape == (32,) and batch['labels'][task].dtype == np.float32
     assert batch['label_mask'][task].all()
+
+
+# The regime `nonlinear`: alpha, beta of standard deviation 1, c = 1, 300k/10k/20k examples.
+
+
+def test_regimes_and_their_constants():
+  paper, nonlinear = ms.get_regime('paper'), ms.get_regime('nonlinear')
+  assert ms.DEFAULT_REGIME == 'paper'
+  assert (paper.alpha_beta_variance, paper.c, dict(paper.split_sizes)) == (
+      ms.ALPHA_BETA_VARIANCE, ms.C, ms.SPLIT_SIZES)
+  assert (nonlinear.alpha_beta_variance, nonlinear.c) == (1.0, 1.0)
+  assert nonlinear.split_sizes['train'] >= 200_000
+  assert ms.get_regime(nonlinear) is nonlinear
+
+
+def test_default_regime_is_the_old_behaviour():
+  """Without a regime, and with regime='paper', the draws are the same arrays."""
+  a = ms.generate(0.5, 200, data_seed=2)
+  b = ms.generate(0.5, 200, data_seed=2, regime='paper')
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  np.testing.assert_array_equal(ms.draw_parameters(2).alpha,
+                                ms.draw_parameters(2, regime='paper').alpha)
+
+
+def test_nonlinear_alpha_beta_distribution():
+  """alpha_i, beta_i ~ N(0, 1): standard deviation 1 (not 0.1), over many data seeds."""
+  draws = [ms.draw_parameters(seed, regime='nonlinear') for seed in range(300)]
+  alpha = np.concatenate([d.alpha for d in draws])
+  beta = np.concatenate([d.beta for d in draws])
+  assert len(draws[0].alpha) == len(draws[0].beta) == 10
+  for values in (alpha, beta):
+    assert abs(values.mean()) < 0.1
+    assert abs(values.std() - 1.0) < 0.05
+  # Same streams as the regime `paper`: the same standard normal draws, scaled; same u1, u2.
+  paper = ms.draw_parameters(4)
+  nonlinear = ms.draw_parameters(4, regime='nonlinear')
+  np.testing.assert_allclose(nonlinear.alpha, paper.alpha / np.sqrt(ms.ALPHA_BETA_VARIANCE))
+  np.testing.assert_array_equal(nonlinear.u1, paper.u1)
+
+
+def test_nonlinear_labels_follow_the_formula():
+  p, seed = 0.9, 3
+  out = ms.generate(p, N, data_seed=seed, regime='nonlinear')
+  params = ms.draw_parameters(seed, regime='nonlinear')
+  w1, w2 = ms.weight_vectors(params, p, 1.0)
+  for y, w in ((out['y1'], w1), (out['y2'], w2)):
+    z = out['x'] @ w
+    clean = z + sum(np.sin(params.alpha[i] * z + params.beta[i]) for i in range(10))
+    assert abs((y - clean).var() / ms.NOISE_VARIANCE - 1) < 0.05
+
+
+def test_nonlinear_labels_are_not_nearly_linear():
+  """Least squares leaves only the noise in `paper` (residual variance about 0.01) and a sizeable
+  part of the labels in `nonlinear` (over 5% of their variance, far above the noise)."""
+  for seed in (0, 1, 2):
+    residual, fraction = {}, {}
+    for regime in ('paper', 'nonlinear'):
+      out = ms.generate(0.5, 5000, data_seed=seed, regime=regime)
+      design = np.concatenate([out['x'], np.ones((5000, 1))], axis=1)
+      coef, *_ = np.linalg.lstsq(design, out['y1'], rcond=None)
+      residual[regime] = np.var(out['y1'] - design @ coef)
+      fraction[regime] = residual[regime] / np.var(out['y1'])
+    assert residual['paper'] < 1.2 * ms.NOISE_VARIANCE, (seed, residual)
+    assert fraction['nonlinear'] > 0.05 and residual['nonlinear'] > 10 * ms.NOISE_VARIANCE, (
+        seed, residual, fraction)
+
+
+def test_nonlinear_pairing_across_p():
+  """One data seed: the same x, y1 and noise at every p; y2 changes with p only through w2."""
+  seed = 5
+  by_p = {p: ms.generate(p, 400, data_seed=seed, regime='nonlinear') for p in (0.5, 0.9, 1.0)}
+  params = ms.draw_parameters(seed, regime='nonlinear')
+  noise = []
+  for p, out in by_p.items():
+    np.testing.assert_array_equal(out['x'], by_p[1.0]['x'])
+    np.testing.assert_array_equal(out['y1'], by_p[1.0]['y1'])
+    _, w2 = ms.weight_vectors(params, p, 1.0)
+    noise.append(out['y2'] - ms.label(out['x'] @ w2, params))
+  np.testing.assert_allclose(noise[0], noise[1], atol=1e-9)
+  np.testing.assert_allclose(noise[0], noise[2], atol=1e-9)
+  assert not np.allclose(by_p[0.5]['y2'], by_p[0.9]['y2'])
+  # And the same x and noise as the regime `paper` at that seed (only alpha, beta differ).
+  np.testing.assert_array_equal(ms.generate(0.5, 400, data_seed=seed)['x'], by_p[0.5]['x'])
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_nonlinear_label_correlation_decreases_with_p(seed):
+  ps = [0.0, 0.5, 0.9, 1.0]
+  corr = []
+  for p in ps:
+    out = ms.generate(p, N, data_seed=seed, regime='nonlinear')
+    corr.append(np.corrcoef(out['y1'], out['y2'])[0, 1])
+  assert np.all(np.diff(corr) > 0.05), dict(zip(ps, corr))
+  assert corr[-1] > 0.99  # p = 1: the labels differ by the noise only, small next to them.
+  assert abs(corr[0]) < 0.05
+
+
+def test_nonlinear_names_and_registration():
+  assert ms.config_name(0.5, regime='nonlinear') == 'p05_nl'
+  assert ms.config_name(0.9, 3, regime='nonlinear') == 'p09_nl_d3'
+  assert ms.dataset_name(1.0, regime='nonlinear') == 'mmoe_synthetic_p10_nl'
+  for tag in ('p05_nl', 'p09_nl', 'p10_nl'):
+    spec = data.get(f'mmoe_synthetic_{tag}')
+    assert spec.input_kind == 'dense' and [t.name for t in spec.tasks] == ['y1', 'y2']
+    config = spec.builder_cls.builder_configs[tag]
+    assert config.regime == 'nonlinear' and config.data_seed == 0
+    assert tag in ms.MmoeSynthetic.builder_configs  # So tfds.data_source('mmoe_synthetic/p05_nl').
+  assert data.get('mmoe_synthetic_p05').builder_cls.builder_configs['p05'].regime == 'paper'
+  name = ms.register(0.3, 2, regime='nonlinear')
+  assert name == 'mmoe_synthetic_p03_nl_d2'
+  assert data.get(name).builder_cls.builder_configs['p03_nl_d2'].p == 0.3
+  assert ms.builder_class(0.3, 2, 'nonlinear') is data.get(name).builder_cls
+  assert ms.builder_class(0.3, 2) is not ms.builder_class(0.3, 2, 'nonlinear')
+
+
+def test_bad_regime_lists_the_valid_ones():
+  for call in (lambda: ms.generate(0.5, 10, regime='linear'),
+               lambda: ms.register(0.5, 0, regime='linear'),
+               lambda: ms.get_regime('Nonlinear')):
+    with pytest.raises(UserError, match="unknown regime .*valid regimes: paper, nonlinear"):
+      call()
+
+
+def test_nonlinear_builder_metadata_and_splits(tmp_path, monkeypatch):
+  """The builder writes the regime's splits and parameters; with the split sizes made small
+  (monkeypatched, so the test stays fast) its arrays are `generate`'s."""
+  small = ms.Regime('nonlinear', '_nl', 1.0, 1.0, {'train': 300, 'validation': 50, 'test': 70})
+  monkeypatch.setitem(ms.REGIMES, 'nonlinear', small)
+  builder = data.prepare(ms.builder_class(0.9, 1, 'nonlinear'), str(tmp_path))
+  assert builder.data_path.parts[-3:] == ('mmoe_synthetic', 'p09_nl_d1', '1.0.0')
+  expected = ms.generate(0.9, 420, data_seed=1, regime='nonlinear')
+  start = 0
+  for split, size in small.split_sizes.items():
+    columns = data.load_columns(builder, split)
+    np.testing.assert_array_equal(columns['y2'],
+                                  expected['y2'][start:start + size].astype(np.float32))
+    start += size
+  metadata = builder.info.metadata
+  assert metadata['regime'] == 'nonlinear' and metadata['alpha_beta_variance'] == 1.0
+  np.testing.assert_allclose(metadata['alpha'], ms.draw_parameters(1, regime='nonlinear').alpha)

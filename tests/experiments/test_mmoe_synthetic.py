@@ -15,6 +15,7 @@ from experiments.mmoe_synthetic import run
 from mtl_jax import data
 from mtl_jax import models
 from mtl_jax.data import mmoe_synthetic
+from mtl_jax.errors import UserError
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -134,4 +135,61 @@ def test_table_and_plot_from_records(tmp_path):
   path = str(tmp_path / 'plot.png')
   assert run.plot(records, ['hard', 'mmoe'], [0.5, 1.0], path, ols)
   with open(path, 'rb') as f:
+    assert f.read(8) == PNG_MAGIC
+
+
+def test_config_regime_argument():
+  nonlinear = config_lib.get_config('mmoe,p=0.5,regime=nonlinear')
+  assert nonlinear.dataset == 'mmoe_synthetic_p05_nl'
+  assert config_lib.get_config('hard,p=0.9,data_seed=2,regime=nonlinear').dataset == (
+      'mmoe_synthetic_p09_nl_d2')
+  # The default is the regime `paper`, the old datasets; the models and training are the same.
+  default = config_lib.get_config('mmoe,p=0.5').to_dict()
+  assert default == config_lib.get_config('mmoe,p=0.5,regime=paper').to_dict()
+  assert default['dataset'] == 'mmoe_synthetic_p05'
+  # The regime `nonlinear` trains longer, with a decaying learning rate; the rest is the same.
+  differ = {'dataset', 'num_train_steps', 'checkpoint_every_steps', 'lr_schedule'}
+  assert {k: v for k, v in default.items() if k not in differ} == {
+      k: v for k, v in nonlinear.to_dict().items() if k not in differ}
+  assert (default['num_train_steps'], default['lr_schedule']) == (3000, 'constant')
+  assert (nonlinear.num_train_steps, nonlinear.checkpoint_every_steps,
+          nonlinear.lr_schedule, nonlinear.learning_rate) == (10_000, 10_000, 'cosine', 1e-3)
+  assert config_lib.parse_arg('cgc,regime=nonlinear') == ('cgc', 1.0, 0, 'nonlinear')
+
+
+def test_bad_regime_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match='unknown regime .*valid regimes: paper, nonlinear'):
+    config_lib.get_config('mmoe,p=0.5,regime=linear')
+  out = str(tmp_path / 'out')
+  with pytest.raises(UserError, match='valid regimes: paper, nonlinear'):
+    run.main(['--out', out, '--regime', 'linear', '--seeds', '1'])
+  assert not os.path.exists(os.path.join(out, 'results.md'))
+
+
+def test_sweep_nonlinear_regime_end_to_end(tmp_path, monkeypatch):
+  """The sweep with --regime nonlinear, on the regime's data made small (monkeypatched split
+  sizes, so that no 300k-example dataset is built): its datasets, folders and table."""
+  small = mmoe_synthetic.Regime('nonlinear', '_nl', 1.0, 1.0,
+                                {'train': 2000, 'validation': 300, 'test': 500})
+  monkeypatch.setitem(mmoe_synthetic.REGIMES, 'nonlinear', small)
+  out, data_dir = str(tmp_path / 'out'), str(tmp_path / 'tfds')
+  result = run.main(['--out', out, '--archs', 'mmoe', '--p', '0.5', '--seeds', '1',
+                     '--steps', '20', '--data_dir', data_dir, '--regime', 'nonlinear',
+                     '--learning_rate', '0.002'])
+  (record,) = result['runs']
+  assert record['regime'] == 'nonlinear' and record['config']['learning_rate'] == 0.002
+  assert record['config']['dataset'] == 'mmoe_synthetic_p05_nl'
+  assert os.path.exists(os.path.join(data_dir, 'mmoe_synthetic', 'p05_nl', '1.0.0'))
+  assert os.path.exists(os.path.join(out, 'p05_nl', 'seed0', 'mmoe', 'final_metrics.json'))
+  assert 0.1 < record['label_correlation'] < 0.6  # Nonlinear labels at p = 0.5 (paper: ~0.5).
+  assert result['settings']['regime'] == 'nonlinear'
+  # Least squares is far from the noise floor on these labels (unlike the regime `paper`) and
+  # is fitted on the regime's (small) splits.
+  ols = result['least_squares'][0.5]
+  assert ols['avg'][0] > 10 * mmoe_synthetic.NOISE_VARIANCE
+  np.testing.assert_allclose(ols['y1'][0], run.least_squares(0.5, 0, 'nonlinear')['y1'])
+  assert run.least_squares(0.5, 0, 'nonlinear')['y1'] != run.least_squares(0.5, 0)['y1']
+  with open(os.path.join(out, 'results.md')) as f:
+    assert f.read().startswith('Data regime `nonlinear`.')
+  with open(os.path.join(out, 'mmoe_synthetic.png'), 'rb') as f:
     assert f.read(8) == PNG_MAGIC
