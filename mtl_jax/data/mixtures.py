@@ -387,13 +387,7 @@ class MixtureIndexBatches(grain.MapDataset):
   def __init__(self, sizes: Sequence[int], batch_size: int, rate: Rate, seed: int,
                process_index: int = 0, process_count: int = 1, per_batch: bool = False):
     super().__init__()
-    if not 0 <= process_index < process_count:
-      raise UserError(f'process_index {process_index} is not in [0, process_count={process_count})')
-    if batch_size <= 0 or batch_size % process_count:
-      raise UserError(f'batch_size {batch_size} must be a positive multiple of the number of '
-                      f'processes ({process_count}); change --config.batch_size')
-    if not 0 <= seed < 2**32:
-      raise UserError(f'data seed {seed} must be in [0, 2**32); change --config.seed')
+    pipeline.check_stream(batch_size, seed, process_index, process_count)
     self._sizes = np.asarray(sizes, np.int64)
     self._batch_size, self._rate, self._seed = batch_size, rate, int(seed)
     self._per_batch = per_batch

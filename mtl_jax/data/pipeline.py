@@ -359,6 +359,18 @@ class ShuffledIndexBatches(grain.MapDataset):
     return self._permutation(epoch)[start:start + self._local]
 
 
+def check_stream(batch_size: int, seed: int, process_index: int, process_count: int) -> None:
+  """UserError unless the global batch splits evenly over the processes, `process_index` is one of
+  them and the seed fits the shuffles' 32 bits (every training stream's arguments)."""
+  if not 0 <= process_index < process_count:
+    raise UserError(f'process_index {process_index} is not in [0, process_count={process_count})')
+  if batch_size <= 0 or batch_size % process_count:
+    raise UserError(f'batch_size {batch_size} must be a positive multiple of the number of '
+                    f'processes ({process_count}); change --config.batch_size')
+  if not 0 <= seed < 2**32:
+    raise UserError(f'data seed {seed} must be in [0, 2**32); change --config.seed')
+
+
 def train_iterator(columns: Columns, batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1, *,
                    transform: Callable[[Columns], Any] | None = None,
@@ -381,13 +393,7 @@ def train_iterator(columns: Columns, batch_size: int, seed: int, process_index: 
     with `grain.checkpoint.CheckpointSave(it)` in an orbax CheckpointManager.
   """
   n = num_rows(columns)
-  if not 0 <= process_index < process_count:
-    raise UserError(f'process_index {process_index} is not in [0, process_count={process_count})')
-  if batch_size <= 0 or batch_size % process_count:
-    raise UserError(f'batch_size {batch_size} must be a positive multiple of the number of '
-                    f'processes ({process_count}); change --config.batch_size')
-  if not 0 <= seed < 2**32:
-    raise UserError(f'data seed {seed} must be in [0, 2**32); change --config.seed')
+  check_stream(batch_size, seed, process_index, process_count)
   ds = ShuffledIndexBatches(n, batch_size, int(seed), process_index, process_count)
   ds = ds.map(functools.partial(_gather_batch, columns=columns, transform=transform))
   read_options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
