@@ -163,7 +163,7 @@ def test_soft_sharing_runs_and_checkpoints(tmp_path, census_builder, census_dir)
     ({'method': 'nope'}, "unknown method 'nope'; valid method names: .*mgda"),
     ({'arch': 'nope'}, "unknown arch 'nope'; valid arch names: .*hard"),
     ({'tasks': ('income', 'nope')}, "unknown task 'nope' .*valid tasks: income, never_married"),
-    ({'dataset': 'nope'}, "unknown dataset 'nope'; valid dataset names: census_income"),
+    ({'dataset': 'nope'}, "unknown dataset 'nope'; valid dataset names: .*census_income.*; valid mixture names: census_income_split"),
     ({'batch_size': 100}, 'not divisible by the 8 devices'),
     ({'best_metric': 'val/avg/rmse'}, 'best_metric'),
     ({'arch': 'soft', 'method': 'mgda'}, 'no shared parameters'),
