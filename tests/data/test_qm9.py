@@ -126,3 +126,25 @@ def test_raw_file_errors(tmp_path):
   short.write_text(','.join(['smiles', *qm9.TARGETS]) + '\nC,' + ','.join(['1'] * 12) + '\n')
   with pytest.raises(UserError, match='1 molecules, expected 499'):
     qm9.read_raw(str(short))
+
+
+def test_dense_batch_equals_the_generic_batch_with_missing_targets_and_a_task_subset():
+  """The stacked fast path gives exactly what `pipeline.to_batch` gives, task by task."""
+  from mtl_jax.data import pipeline
+  spec = qm9.QM9_SUBSET
+  rng = np.random.default_rng(0)
+  rows = {'x': rng.normal(size=(5, qm9.NUM_FEATURES))}
+  for task in spec.tasks:
+    y = rng.normal(size=5)
+    y[rng.random(5) < 0.3] = np.nan
+    rows[task.name] = y
+  for tasks in (spec.tasks, spec.tasks[3:7][::-1]):
+    fast = qm9.dense_batch(rows, spec, tasks)
+    slow = pipeline.to_batch(rows, spec, tasks)
+    np.testing.assert_array_equal(fast['inputs'], slow['inputs']['x'])
+    assert list(fast['labels']) == [t.name for t in tasks] == list(slow['labels'])
+    for name in fast['labels']:
+      assert fast['labels'][name].dtype == slow['labels'][name].dtype == np.float32
+      np.testing.assert_array_equal(fast['labels'][name], slow['labels'][name])
+      np.testing.assert_array_equal(fast['label_mask'][name], slow['label_mask'][name])
+    assert any(not m.all() for m in fast['label_mask'].values())
