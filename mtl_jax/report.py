@@ -354,6 +354,19 @@ def _legend(fig, axes, count):
                fontsize=9, frameon=False)
 
 
+def _plot_runs(ax, rows, series, styles, key: str, title: str, ylabel: str) -> None:
+  """One panel: the scalar `key` of every run that logged it, in the run's colour and style."""
+  for row in rows:
+    if key in series[row['run']]:
+      steps, values = series[row['run']][key]
+      color, style, _ = styles[row['run']]
+      ax.plot(steps, values, color=color, linestyle=style, label=row['run'], linewidth=1.5)
+  ax.set_title(title, fontsize=12)
+  ax.set_xlabel('step')
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+
+
 def plot_learning_curves(report: dict, path: str) -> bool:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   tasks, metrics, rows = report['tasks'], report['metrics'], _plot_order(report['rows'])
@@ -367,16 +380,7 @@ def plot_learning_curves(report: dict, path: str) -> bool:
   for j, task in enumerate(tasks):
     for i, (key, ylabel) in enumerate([(f'train/{task}/loss', 'train loss'),
                                        (f'val/{task}/{metrics[task]}', f'validation {metrics[task]}')]):
-      ax = axes[i][j]
-      for row in rows:
-        if key in series[row['run']]:
-          steps, values = series[row['run']][key]
-          color, style, _ = styles[row['run']]
-          ax.plot(steps, values, color=color, linestyle=style, label=row['run'], linewidth=1.5)
-      ax.set_title(f'{task}: {ylabel}', fontsize=12)
-      ax.set_xlabel('step')
-      ax.set_ylabel(ylabel)
-      ax.grid(alpha=0.3)
+      _plot_runs(axes[i][j], rows, series, styles, key, f'{task}: {ylabel}', ylabel)
   fig.suptitle('Learning curves', fontsize=14)
   _legend(fig, axes.ravel(), len(rows))
   fig.savefig(path, dpi=110)
@@ -395,17 +399,8 @@ def plot_task_weights(report: dict, path: str) -> bool:
   fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5 + 0.25 * len(rows)),
                            squeeze=False, layout='constrained')
   for j, task in enumerate(tasks):
-    ax = axes[0][j]
-    for row in rows:
-      key = f'train/weights/{task}'
-      if key in series[row['run']]:
-        steps, values = series[row['run']][key]
-        color, style, _ = styles[row['run']]
-        ax.plot(steps, values, color=color, linestyle=style, label=row['run'], linewidth=1.5)
-    ax.set_title(f'{task}: task weight', fontsize=12)
-    ax.set_xlabel('step')
-    ax.set_ylabel('weight (mean since the last log)')
-    ax.grid(alpha=0.3)
+    _plot_runs(axes[0][j], rows, series, styles, f'train/weights/{task}', f'{task}: task weight',
+               'weight (mean since the last log)')
   fig.suptitle('Per-task weights of the method over training', fontsize=14)
   _legend(fig, axes.ravel(), len(rows))
   fig.savefig(path, dpi=110)

@@ -32,3 +32,19 @@ def model(arch='hard', tasks=TASKS, hidden=(8,), dropout=0.0, encoder='mlp'):
 
 def init(model_, example):
   return model_.init(jax.random.PRNGKey(0), jnp.asarray(example['inputs']))
+
+
+def take(it, count):
+  """The next `count` elements of an iterator."""
+  return [next(it) for _ in range(count)]
+
+
+def assert_same_batches(xs, ys):
+  """Two lists of (nested dict) batches are equal, array by array."""
+  from mtl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  assert len(xs) == len(ys)
+  for x, y in zip(xs, ys):
+    flat_x, flat_y = dict(pipeline._leaves(x)), dict(pipeline._leaves(y))  # pylint: disable=protected-access
+    assert flat_x.keys() == flat_y.keys()
+    for key in flat_x:
+      np.testing.assert_array_equal(flat_x[key], flat_y[key], err_msg=key)

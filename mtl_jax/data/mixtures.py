@@ -310,6 +310,8 @@ class LoadedMember:
   spec: data_registry.DatasetSpec
   tasks: tuple[Task, ...]
   columns: pipeline.Columns
+  # (dataset, split): members that read the same split of the same dataset share it.
+  source: tuple[str, str] = ('', '')
 
   def to_batch(self, rows: pipeline.Columns) -> dict:
     return self.spec.to_batch(rows, self.tasks)
@@ -339,7 +341,8 @@ def load_member(member: Member, role: str, loader: Callable[[str, str], tuple[An
     columns = pipeline.gather(source, rows)
   else:
     builder, columns = loader(member.dataset, split)
-  return builder, LoadedMember(member.name, member.spec, member.task_objects(), columns)
+  return builder, LoadedMember(member.name, member.spec, member.task_objects(), columns,
+                               (member.dataset, repr(split)))
 
 
 def _describe(tree: Any) -> dict[str, tuple[str, tuple[int, ...]]]:

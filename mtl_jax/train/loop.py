@@ -54,6 +54,7 @@ class Setup:
   mixture: Any = None
   members: dict | None = None
   rate: Any = None
+  per_batch: bool = False
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,14 +121,14 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   method = optim.get(config.method, num_tasks=len(tasks), **dict(config.get('method_kwargs', {})))
   models.ARCHS.get(config.arch)
   _check_best_metric(config, tasks)
-  columns, members, rate = {}, None, None
+  columns, members, rate, per_batch = {}, None, None, False
   if mixture is None:
     for split in ('train', 'validation', 'test'):
       builder, columns[split] = _load_split(config.dataset, config.get('data_dir', ''), split)
       data_lib.check_columns(columns[split], tasks, split)
     train_labels = {t.name: [columns['train'][t.name]] for t in tasks}
   else:
-    builder, members, rate = _setup_mixture(config, mixture, tasks)
+    builder, members, rate, per_batch = _setup_mixture(config, mixture, tasks)
     spec = members['train'][0].spec
     columns = {split: loaded[0].columns for split, loaded in members.items()}
     train_labels = {t.name: [m.columns[t.name] for m in members['train']
@@ -139,7 +140,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                        **dict(config.get('arch_kwargs', {})))
   mode = step_lib.resolve_mode(config.get('mode', 'auto'), method, model)
   return Setup(config, mesh, tasks, spec, columns, model, method, make_optimizer(config, model),
-               mode, mixture, members, rate)
+               mode, mixture, members, rate, per_batch)
 
 
 MIXTURE_OPTIONS = ('rate', 'rate_kwargs', 'per_batch')
@@ -161,8 +162,8 @@ def _mixture_options(config, mixture) -> dict:
 
 
 def _setup_mixture(config, mixture, tasks):
-  """(builder of the first member, {split: [LoadedMember]}, rate): every member with a selected
-  task, its splits loaded and checked, inputs checked to match, and the rate built."""
+  """(builder of the first member, {split: [LoadedMember]}, rate, per_batch): every member with
+  a selected task, its splits loaded and checked, inputs checked to match, and the rate built."""
   selected = {t.name for t in tasks}
   loader = lambda dataset, split: _load_split(dataset, config.get('data_dir', ''), split)
   members, builders = {}, []
@@ -186,7 +187,7 @@ def _setup_mixture(config, mixture, tasks):
   rate = mixtures.make_rate(options['rate'],
                             [data_lib.num_rows(m.columns) for m in members['train']],
                             config.num_train_steps, **options['rate_kwargs'])
-  return builders[0], members, rate
+  return builders[0], members, rate, options['per_batch']
 
 
 def train_iterator(s: Setup):
@@ -199,7 +200,7 @@ def train_iterator(s: Setup):
   return mixtures.train_iterator(
       s.members['train'], s.tasks, s.config.batch_size, s.config.seed, s.rate,
       jax.process_index(), jax.process_count(),
-      per_batch=_mixture_options(s.config, s.mixture)['per_batch'])
+      per_batch=s.per_batch)
 
 
 def _eval_sources(s: Setup, split: str) -> list:
@@ -208,12 +209,9 @@ def _eval_sources(s: Setup, split: str) -> list:
   if s.mixture is None:
     return [(s.spec, s.columns[split], [t.name for t in s.tasks])]
   sources = {}
-  for member, loaded in zip([m for m in s.mixture.members
-                             if {t.name for t in s.tasks} & set(m.tasks)], s.members[split]):
-    key = (member.dataset, repr(member.splits[split]))
-    if key not in sources:
-      sources[key] = (loaded.spec, loaded.columns, [])
-    sources[key][2].extend(t.name for t in loaded.tasks if t.name not in sources[key][2])
+  for loaded in s.members[split]:
+    _, _, names = sources.setdefault(loaded.source, (loaded.spec, loaded.columns, []))
+    names.extend(t.name for t in loaded.tasks if t.name not in names)
   return list(sources.values())
 
 

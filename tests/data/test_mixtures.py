@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mtl_jax import data
+from tests.helpers import assert_same_batches, take
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.data import mixtures as mx
 from mtl_jax.errors import UnknownNameError, UserError
@@ -47,19 +48,6 @@ ALL_TASKS = (TASK_A, TASK_B, TASK_C)
 
 def iterator(loaded, rate, batch_size=64, seed=0, **kwargs):
   return mx.train_iterator(loaded, ALL_TASKS, batch_size, seed, rate, **kwargs)
-
-
-def take(it, count):
-  return [next(it) for _ in range(count)]
-
-
-def assert_same_batches(xs, ys):
-  assert len(xs) == len(ys)
-  for x, y in zip(xs, ys):
-    flat_x, flat_y = dict(data.pipeline._leaves(x)), dict(data.pipeline._leaves(y))
-    assert flat_x.keys() == flat_y.keys()
-    for key in flat_x:
-      np.testing.assert_array_equal(flat_x[key], flat_y[key], err_msg=key)
 
 
 def within_binomial(count, trials, p, sigmas=4.0):

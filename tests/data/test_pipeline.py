@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mtl_jax import data
+from tests.helpers import assert_same_batches, take
 from mtl_jax.errors import UnknownNameError, UserError
 from mtl_jax.tasks import Task
 
@@ -31,19 +32,6 @@ def make_columns(n=1000, seed=0):
       'm': rng.integers(0, 2, (n, 2)),
       'r': rng.normal(size=n),
   }
-
-
-def take(it, count):
-  return [next(it) for _ in range(count)]
-
-
-def assert_same_batches(xs, ys):
-  assert len(xs) == len(ys)
-  for x, y in zip(xs, ys):
-    flat_x, flat_y = dict(data.pipeline._leaves(x)), dict(data.pipeline._leaves(y))
-    assert flat_x.keys() == flat_y.keys()
-    for key in flat_x:
-      assert np.array_equal(flat_x[key], flat_y[key]), key
 
 
 # ---------------------------------------------------------------------------------------------
