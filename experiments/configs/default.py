@@ -52,6 +52,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.early_stopping_patience = 0
   config.single_task_baselines = True
 
+  # Few labels and transfer (mtl_jax/meta/transfer.py): 0 / '' / 'train' change nothing.
+  config.train_examples = 0  # >0: train on that many rows of the train split, drawn with seed
+  config.transfer = ml_collections.ConfigDict({
+      'init_from': '',  # a pretraining run's checkpoints/: its shared params initialise these
+      'step': 0,  # the checkpoint step to read; 0: its best by its own best_metric
+      'trunk': 'train',  # 'train' | 'frozen'
+      'trunk_lr_scale': 1.0,  # the trunk's learning rate, as a fraction of learning_rate
+      'unfreeze_after_steps': 0,  # >0: the trunk is frozen for that many steps, then trained
+  })
+
   if arg == 'soft':
     config.arch = 'soft'
     config.soft_sharing_strength = 1e-3

@@ -25,6 +25,7 @@ from mtl_jax import models
 from mtl_jax import optim
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.errors import UnknownNameError, UserError
+from mtl_jax.meta import transfer
 from mtl_jax.train import checkpoint as checkpoint_lib
 from mtl_jax.train import sharding
 from mtl_jax.train import step as step_lib
@@ -86,7 +87,12 @@ def make_optimizer(config, model: models.MultiTaskModel) -> optax.GradientTransf
     learning_rate = config.learning_rate
   else:
     raise UserError(f'unknown lr_schedule {config.lr_schedule!r}; valid: constant, cosine')
-  parts.append(optax.adam(learning_rate))
+  # config.transfer may freeze or slow the trunk: Adam per group, after the whole-tree parts.
+  adam = lambda: optax.adam(learning_rate)
+  options = transfer.options(config)
+  parts.append(transfer.transfer_optimizer(
+      adam, model.shared_keys(), trunk=options.trunk, trunk_lr_scale=options.trunk_lr_scale,
+      unfreeze_after_steps=options.unfreeze_after_steps))
   return optax.chain(*parts)
 
 
@@ -126,8 +132,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     for split in ('train', 'validation', 'test'):
       builder, columns[split] = _load_split(config.dataset, config.get('data_dir', ''), split)
       data_lib.check_columns(columns[split], tasks, split)
+    columns['train'] = _first_examples(columns['train'], config.get('train_examples', 0),
+                                       config.seed)
     train_labels = {t.name: [columns['train'][t.name]] for t in tasks}
   else:
+    if config.get('train_examples', 0):
+      raise UserError('config.train_examples caps a dataset\'s training split; for a mixture, '
+                      'leave it 0')
     builder, members, rate, per_batch = _setup_mixture(config, mixture, tasks)
     spec = members['train'][0].spec
     columns = {split: loaded[0].columns for split, loaded in members.items()}
@@ -141,6 +152,19 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   mode = step_lib.resolve_mode(config.get('mode', 'auto'), method, model)
   return Setup(config, mesh, tasks, spec, columns, model, method, make_optimizer(config, model),
                mode, mixture, members, rate, per_batch)
+
+
+def _first_examples(columns, count: int, seed: int):
+  """`count` training rows drawn with `seed` (all for 0): the few-label regime. The draws are
+  nested (a larger count keeps a smaller one's rows), on a stream apart from the epochs'."""
+  total = data_lib.num_rows(columns)
+  if not count:
+    return columns
+  if not 0 < count <= total:
+    raise UserError(f'config.train_examples={count}, but the training split has {total} rows; '
+                    f'give 1..{total}, or 0 for all')
+  order = np.random.default_rng([seed, 0x7E5]).permutation(total)
+  return data_lib.gather(columns, np.sort(order[:count]))
 
 
 MIXTURE_OPTIONS = ('rate', 'rate_kwargs', 'per_batch')
@@ -293,11 +317,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_iter = train_iterator(s)
   example = s.spec.to_batch(data_lib.first_rows(s.columns['train'], 2))  # any member's inputs
-  state = jax.jit(
-      lambda rng: step_lib.create_state(s.model, s.method, s.optimizer, rng, example['inputs']),
-      out_shardings=replicated)(jax.random.PRNGKey(config.seed))
-
+  init = lambda rng: step_lib.create_state(s.model, s.method, s.optimizer, rng, example['inputs'])
+  rng = jax.random.PRNGKey(config.seed)
   start = ckpt.latest_step()
+  trunk, transfer_options = None, transfer.options(config)
+  if start is None and transfer_options.init_from:
+    # Only a fresh run reads the pretrained trunk (a resumed one has it in its own checkpoint),
+    # checked against the model's shapes before anything compiles.
+    trunk = transfer.restore_shared(transfer_options.init_from, transfer.shared_subtree(
+        checkpoint_lib.abstract(jax.eval_shape(init, rng), replicated), s.model.shared_keys()),
+        transfer_options.step)
+  state = jax.jit(init, out_shardings=replicated)(rng)
+  if trunk is not None:
+    state = transfer.with_shared(state, trunk)
+
   if start is not None:
     state, train_iter, saved_config = ckpt.restore(
         start, checkpoint_lib.abstract(state, replicated), train_iter)
