@@ -46,6 +46,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 import jax
@@ -244,7 +245,7 @@ def plot(ks, labels, analysis, real, budget_mib, path, title):
   ax.set_ylabel('MiB')
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=7)
-  ax.set_title(title, fontsize=8)
+  ax.set_title(textwrap.fill(title, 110), fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=110)

@@ -29,8 +29,10 @@ import argparse
 import dataclasses
 import datetime
 import os
+import json
 import platform
 import sys
+import textwrap
 import time
 
 import jax
@@ -204,7 +206,7 @@ def plot(results, names, ks, path, title):
   left.set_ylabel('ms / step (median of rounds)')
   right.set_ylabel(f'ratio to {BASELINE} at the same K')
   right.legend(fontsize=8)
-  fig.suptitle(title, fontsize=9)
+  fig.suptitle(textwrap.fill(title, 160), fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=110)
@@ -260,6 +262,7 @@ def main(argv=None):
   if args.plot:
     plot(results, names, ks, args.plot, summary)
     print(f'\nplot: {args.plot}')
+  print('\nraw: ' + json.dumps({'summary': summary, 'names': names, 'results': results}))
   return 0
 
 
