@@ -2,9 +2,9 @@
 
 Census-Income: the source model learns `never_married` on the whole train split (69,833 rows);
 the new task, `income` (6.2% positive), then trains on N = 50, 200, 1000 labelled rows, from
-scratch or from the source model's trunk (frozen, fine-tuned, fine-tuned at a tenth of the
-learning rate, or frozen for half the steps then fine-tuned at a tenth), over several seeds
-(`experiments/configs/transfer_census.py` has the settings).
+scratch (at two learning rates) or from the source model's trunk (frozen, fine-tuned,
+fine-tuned at a tenth of the learning rate, or frozen for half the steps then fine-tuned at a
+tenth), over several seeds (`experiments/configs/transfer_census.py` has the settings).
 
     python -m experiments.transfer.run --out runs/transfer
     python -m experiments.transfer.run --out runs/x --examples 50,200 --seeds 2
@@ -12,8 +12,9 @@ learning rate, or frozen for half the steps then fine-tuned at a tenth), over se
 Seed s draws the N training rows (nested: the 50 rows are among the 200), the new head's (and
 the scratch trunk's) initialisation and the batch order; every variant of one (N, s) sees the
 same rows. One source model (seed 0) serves every run. Runs whose `final_metrics.json` exists
-are reused. Writes to `--out`: `results.json` (every run), `results.md` (test AUC of `income`,
-mean ± std over seeds, and each variant's paired difference to scratch) and `transfer.png`.
+are reused (with the seconds they took, from `seconds.json`). Writes to `--out`:
+`results.json` (every run), `results.md` (test AUC of `income`, mean ± std over seeds, and each
+variant's paired difference to the better scratch run) and `transfer.png`.
 """
 
 import argparse
@@ -47,12 +48,21 @@ def run_config(variant: str, examples: int, seed: int, data_dir: str, pretrain_d
 def finished(workdir: str, train_fn):
   """(final metrics, seconds): read back if the run finished before, else trained now."""
   path = os.path.join(workdir, 'final_metrics.json')
+  timing = os.path.join(workdir, 'seconds.json')
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f), None
+      final = json.load(f)
+    seconds = None
+    if os.path.exists(timing):
+      with open(timing) as f:
+        seconds = json.load(f)['seconds']
+    return final, seconds
   start = time.perf_counter()
   final = train_fn()
-  return final, time.perf_counter() - start
+  seconds = time.perf_counter() - start
+  with open(timing, 'w') as f:
+    json.dump({'seconds': seconds}, f)
+  return final, seconds
 
 
 def summarise(runs: list[dict], variants, examples) -> str:
@@ -89,27 +99,41 @@ def summarise(runs: list[dict], variants, examples) -> str:
 
 
 def plot(runs: list[dict], variants, examples, path: str) -> None:
+  """Left: test AUC per variant (mean ± std over seeds). Right: the paired difference to the
+  better scratch run (mean ± standard error), which removes the variation between row draws."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  by = {(r['variant'], r['examples'], r['seed']): r['final'][METRIC] for r in runs}
+  seeds = sorted({r['seed'] for r in runs})
+  scratch = [v for v in variants if v.startswith('scratch')]
+  baseline = {n: max(scratch, key=lambda v: np.mean([by[v, n, s] for s in seeds]))
+              for n in examples}
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
   for i, variant in enumerate(variants):
-    means, stds = [], []
-    for n in examples:
-      values = [r['final'][METRIC] for r in runs if r['variant'] == variant and r['examples'] == n]
-      means.append(np.mean(values))
-      stds.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
     offset = 1 + 0.03 * (i - (len(variants) - 1) / 2)  # spread the error bars on the log axis
-    ax.errorbar(np.array(examples) * offset, means, yerr=stds, marker='o', capsize=3,
-                label=LABELS[variant], linestyle='--' if variant.startswith('scratch') else '-')
-  ax.set_xscale('log')
-  ax.set_xticks(examples)
-  ax.set_xticklabels([str(n) for n in examples])
-  ax.set_xlabel('labelled examples of the new task (income)')
-  ax.set_ylabel('test AUC (income)')
-  ax.set_title('Census-Income: trunk pretrained on never_married')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+    style = dict(marker='o', capsize=3, label=LABELS[variant],
+                 linestyle='--' if variant in scratch else '-', color=f'C{i}')
+    values = np.array([[by[variant, n, s] for s in seeds] for n in examples])
+    left.errorbar(np.array(examples) * offset, values.mean(1),
+                  yerr=values.std(1, ddof=1) if len(seeds) > 1 else None, **style)
+    if variant not in scratch:
+      diff = values - np.array([[by[baseline[n], n, s] for s in seeds] for n in examples])
+      right.errorbar(np.array(examples) * offset, diff.mean(1),
+                     yerr=diff.std(1, ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else None,
+                     **style)
+  right.axhline(0.0, color='gray', linewidth=1)
+  left.set_ylabel('test AUC (income), mean ± std over seeds')
+  right.set_ylabel('AUC − better scratch run (paired), mean ± s.e.')
+  for ax in (left, right):
+    ax.set_xscale('log')
+    ax.set_xticks(examples)
+    ax.set_xticklabels([str(n) for n in examples])
+    ax.minorticks_off()
+    ax.set_xlabel('labelled examples of the new task (income)')
+    ax.grid(alpha=0.3)
+  left.legend(fontsize=8)
+  fig.suptitle(f'Census-Income: a trunk pretrained on never_married, {len(seeds)} seeds')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -120,7 +144,7 @@ def main():
   parser.add_argument('--out', default='runs/transfer')
   parser.add_argument('--data_dir', default='')
   parser.add_argument('--examples', default='50,200,1000')
-  parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--seeds', type=int, default=10)
   parser.add_argument('--variants', default=','.join(transfer_census.VARIANTS))
   parser.add_argument('--pretrain_steps', type=int, default=None,
                       help='source model steps (default: the config\'s 3000)')
@@ -157,16 +181,20 @@ def main():
         final, seconds = finished(workdir, lambda: train.train_and_evaluate(config, workdir))
         runs.append({'variant': variant, 'examples': n, 'seed': seed, 'seconds': seconds,
                      'final': final, 'workdir': workdir})
-        print(f'{variant:>9} N={n:<5} seed={seed}: {METRIC} {final[METRIC]:.4f}'
-              + (f' ({seconds:.1f} s)' if seconds else ' (reused)'), flush=True)
+        print(f'{variant:>12} N={n:<5} seed={seed}: {METRIC} {final[METRIC]:.4f}'
+              + (f' ({seconds:.1f} s)' if seconds else ''), flush=True)
 
   table = summarise(runs, variants, examples)
   wall = time.perf_counter() - start
   with open(os.path.join(args.out, 'results.json'), 'w') as f:
     json.dump({'source': source, 'runs': runs, 'wall_seconds': wall}, f, indent=1)
+  timed = [r['seconds'] for r in runs if r['seconds']]
   with open(os.path.join(args.out, 'results.md'), 'w') as f:
     f.write(f'Test AUC of income (mean ± std over {args.seeds} seeds); source model test '
             f'never_married AUC {source["test/never_married/auc"]:.4f}\n\n{table}\n')
+    if timed:
+      f.write(f'\nSeconds per run (train_and_evaluate, {len(timed)} timed runs): median '
+              f'{np.median(timed):.1f}, total {sum(timed):.0f}\n')
   plot(runs, variants, examples, os.path.join(args.out, 'transfer.png'))
   print(table, flush=True)
   print(f'wall time {wall:.0f} s', flush=True)

@@ -19,7 +19,9 @@ trunk's non-trainable collections under those keys (batch-norm statistics) trave
         --config.transfer.init_from=runs/pretrain/checkpoints --config.transfer.trunk=frozen
 """
 
+import contextlib
 import dataclasses
+import logging
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -134,8 +136,9 @@ def transfer_optimizer(base_optimizer_factory: Callable[[], optax.GradientTransf
       that group's leaves.
     shared_keys: the top-level params keys of the trunk (`model.shared_keys()`).
     trunk: 'train' or 'frozen' (zero updates: `optax.set_to_zero`, no optimiser state).
-    trunk_lr_scale: the trunk's updates are the base optimiser's times this factor; with a
-      scale-invariant optimiser (Adam, SGD's linear step) this is its learning rate times it.
+    trunk_lr_scale: the trunk's updates are the base optimiser's times this factor: for an
+      optimiser whose update is proportional to its learning rate (SGD, Adam), the learning rate
+      times it.
     unfreeze_after_steps: > 0: zero trunk updates for that many steps, then trained (see
       `frozen_for`); overrides `trunk='frozen'`. Counted in applied updates: a step the train
       step skips as non-finite does not reach the optimiser.
@@ -206,6 +209,19 @@ def checkpoint_directory(path: str) -> str:
   return path
 
 
+@contextlib.contextmanager
+def _quiet():
+  """Orbax warns, at every read-only open, that the directory is read-only and that the
+  items we do not read (data iterator, metrics) were not restored: expected here, so hidden."""
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(max(level, logging.ERROR))
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def _manager(directory: str, best_metric: str | None = None) -> ocp.CheckpointManager:
   options_ = {'read_only': True}
   if best_metric:
@@ -222,29 +238,37 @@ def resolve_step(directory: str, step: int | None = None) -> int:
   """`step` if the directory holds it; for None or 0, the best step by the saved run's own
   `best_metric` (read from its saved config), or the latest when no step has metrics."""
   directory = checkpoint_directory(directory)
+  with _quiet():
+    return _resolve_step(directory, step)
+
+
+def _resolve_step(directory: str, step: int | None) -> int:
   manager = _manager(directory)
-  steps = list(manager.all_steps())
-  if not steps:
-    raise UserError(f'config.transfer.init_from={directory!r} holds no finished checkpoint')
-  if step:
-    if step not in steps:
-      raise UserError(f'config.transfer.step={step} is not in {directory!r}; its steps: '
-                      f'{", ".join(map(str, sorted(steps)))} (0 = the best one)')
-    return step
-  latest = manager.latest_step()
   try:
-    saved = manager.restore(latest, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    best_metric = saved['config'].get('best_metric')
-  except (KeyError, ValueError, FileNotFoundError):
-    best_metric = None  # A checkpoint written by other code: no saved config.
-  manager.close()
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise UserError(f'config.transfer.init_from={directory!r} holds no finished checkpoint')
+    if step:
+      if step not in steps:
+        raise UserError(f'config.transfer.step={step} is not in {directory!r}; its steps: '
+                        f'{", ".join(map(str, steps))} (0 = the best one)')
+      return step
+    latest = manager.latest_step()
+    try:
+      saved = manager.restore(latest, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+      best_metric = saved['config'].get('best_metric')
+    except (KeyError, ValueError, FileNotFoundError):
+      best_metric = None  # A checkpoint written by other code: no saved config.
+  finally:
+    manager.close()
   if best_metric:
     manager = _manager(directory, best_metric)
     try:
       best = manager.best_step()
     except KeyError:  # Steps whose metrics lack `best_metric`.
       best = None
-    manager.close()
+    finally:
+      manager.close()
     if best is not None:
       return best
   return latest
@@ -310,13 +334,18 @@ def restore_shared(checkpoint_dir: str, abstract_shared: dict, step: int | None 
 
   Raises:
     UserError: no checkpoint there, no such step, or a trunk whose paths or shapes differ from
-      the new model's (every mismatching path named), before any array is read.
+      the new model's (naming the paths, up to 8 of each kind), before any array is read.
   """
   if not jax.tree.leaves(abstract_shared):
     raise UserError('the model has no shared parameters to transfer (e.g. arch "soft"); '
                     'leave config.transfer.init_from empty')
   directory = checkpoint_directory(checkpoint_dir)
   step = resolve_step(directory, step)
+  with _quiet():
+    return _restore(directory, abstract_shared, step)
+
+
+def _restore(directory: str, abstract_shared: dict, step: int) -> dict:
   manager = _manager(directory)
   try:
     saved = manager.item_metadata(step)['state']
