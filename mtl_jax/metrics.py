@@ -88,8 +88,24 @@ def mae(kind, predictions, labels, mask=None) -> float:
   return float(np.mean(np.abs(predictions - labels))) if labels.size else float('nan')
 
 
-METRICS = {'auc': auc, 'accuracy': accuracy, 'f1': f1, 'rmse': rmse, 'mae': mae}
+def miou(kind, predictions, labels, mask=None) -> float:
+  """Mean intersection over union of the classes, |pred = c and label = c| / |pred = c or
+  label = c|, pooled over the split (for a per-pixel task: over all its labelled pixels), as in
+  segmentation benchmarks; a class neither predicted nor labelled is left out of the mean."""
+  if kind != 'multiclass':
+    raise ValueError(f'miou is defined for multiclass tasks, not {kind}')
+  predictions, labels = _select(predictions, labels, mask)
+  predicted = predictions.argmax(-1)
+  ious = []
+  for c in range(predictions.shape[-1]):
+    union = np.sum((predicted == c) | (labels == c))
+    if union:
+      ious.append(np.sum((predicted == c) & (labels == c)) / union)
+  return float(np.mean(ious)) if ious else float('nan')
+
+
+METRICS = {'auc': auc, 'accuracy': accuracy, 'f1': f1, 'miou': miou, 'rmse': rmse, 'mae': mae}
 
 # Which direction is better, for checkpoint selection and early stopping.
-HIGHER_IS_BETTER = {'auc': True, 'accuracy': True, 'f1': True, 'rmse': False, 'mae': False,
+HIGHER_IS_BETTER = {'auc': True, 'accuracy': True, 'f1': True, 'miou': True, 'rmse': False, 'mae': False,
                     'loss': False}

@@ -27,9 +27,9 @@ from mtl_jax.errors import UserError
 from mtl_jax.sweep import short_keys
 
 # Same table as mtl_jax.metrics.HIGHER_IS_BETTER (not imported: that module pulls in JAX).
-HIGHER_IS_BETTER = {'auc': True, 'accuracy': True, 'f1': True, 'rmse': False, 'mae': False,
+HIGHER_IS_BETTER = {'auc': True, 'accuracy': True, 'f1': True, 'miou': True, 'rmse': False, 'mae': False,
                     'loss': False}
-METRIC_PREFERENCE = ('auc', 'accuracy', 'f1', 'rmse', 'mae', 'loss')
+METRIC_PREFERENCE = ('auc', 'accuracy', 'f1', 'miou', 'rmse', 'mae', 'loss')
 _SKIP_DIRS = {'checkpoints', 'tensorboard', 'single_task', 'report'}
 
 

@@ -116,8 +116,8 @@ class Task:
       raise UserError(
           f'task {self.name!r} is per-token: it needs labels [B, T] and outputs '
           f'[B, T{", " + str(self.num_outputs) if self.kind == "multiclass" else ""}], got labels '
-          f'{list(label_shape)} and outputs {list(output_shape)}; use a sequence encoder that '
-          f'keeps the token axis (e.g. bilstm or transformer)')
+          f'{list(label_shape)} and outputs {list(output_shape)}; use an encoder that keeps the '
+          f'position axis (bilstm or transformer for tokens, fcn for pixels)')
 
   def check_labels(self, labels: np.ndarray, mask: np.ndarray | None, where: str) -> None:
     """Raises a UserError naming the task, the place and the offending value."""

@@ -61,6 +61,22 @@ def test_accuracy_f1_rmse_mae():
   assert metrics.mae('regression', predictions, targets) == pytest.approx(5 / 3)
 
 
+def test_miou_is_the_mean_over_classes_of_intersection_over_union():
+  # Predicted classes 0 0 1 1 2, labels 0 1 1 1 0 (and a masked-out row predicting 2):
+  # class 0: intersection 1, union {0,1,4} = 3; class 1: 2 / {1,2,3} = 3; class 2 is neither
+  # labelled nor predicted under the mask... except row 4 predicts 2: 0 / 1.
+  predictions = np.eye(3)[[0, 0, 1, 1, 2, 2]]
+  labels = np.array([0, 1, 1, 1, 0, 2])
+  mask = np.array([True] * 5 + [False])
+  assert metrics.miou('multiclass', predictions, labels, mask) == pytest.approx(
+      (1 / 3 + 2 / 3 + 0 / 1) / 3)
+  # A class absent from both predictions and labels is left out, not counted as 0 or 1.
+  assert metrics.miou('multiclass', np.eye(4)[[0, 1]], np.array([0, 1])) == 1.0
+  with pytest.raises(ValueError, match='multiclass'):
+    metrics.miou('binary', np.zeros(2), np.zeros(2))
+  assert metrics.HIGHER_IS_BETTER['miou']
+
+
 @pytest.mark.parametrize('kind,outputs,labels,expected', [
     ('binary', [0.0, 2.0], [1, 0], (np.log(2) + np.log1p(np.exp(2.0))) / 2),
     ('multiclass', [[0.0, np.log(3.0)], [0.0, 0.0]], [1, 0], (np.log(4 / 3) + np.log(2)) / 2),

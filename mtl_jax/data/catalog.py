@@ -9,7 +9,8 @@ Importing this module registers, in `registry.DATASETS`:
   conll2003                   POS, chunk and NER tags, per token
   movielens                   rating (regression) + the rater's gender, age group, occupation
   qm9                         12 regression targets from a Coulomb-matrix descriptor
-  oxford_iiit_pet             breed (37 classes) and species (binary)
+  oxford_iiit_pet             breed (37 classes), species (binary), trimap segmentation (per
+                              pixel, 32 x 32: a per-token task for the `fcn` encoder)
 
 Each dataset is one `Adapter` row: the tfds builder (module, class, config), the rule that maps
 the trainer's splits 'train'/'validation'/'test' to tfds split expressions, the tasks, the
@@ -416,9 +417,29 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(resized, np.uint8)
 
 
+# The trimap's classes, in the order of tfds' pixel values 1, 2, 3.
+PET_TRIMAP_CLASSES = ('foreground', 'background', 'boundary')
+PET_MASK_SIZE = 32  # Label grid: the image's 128 x 128 at stride 4.
+
+
+def pet_trimap_labels(mask: np.ndarray, size: int = PET_MASK_SIZE) -> np.ndarray:
+  """tfds' `segmentation_mask` (uint8 [H, W, 1], pixel values 1, 2, 3) -> int32 [size * size]
+  class indices 0, 1, 2 (the value - 1), row-major, resized by nearest neighbour (an
+  interpolated class index means nothing); any other value is -1, unlabelled."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  mask = np.asarray(mask, np.uint8)
+  if mask.ndim == 3:
+    mask = mask[..., 0]
+  resized = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST)).astype(np.int32)
+  labels = resized - 1
+  labels[(resized < 1) | (resized > len(PET_TRIMAP_CLASSES))] = -1
+  return labels.reshape(-1)
+
+
 def pet_example(adapter: Adapter, example: Mapping, context: Any) -> dict:
   out = fields(adapter, example, context)
   out['image'] = resize_image(example['image'], PET_IMAGE_SIZE)
+  out['segmentation'] = pet_trimap_labels(example['segmentation_mask'])
   return out
 
 
@@ -520,7 +541,9 @@ _add(Adapter(
     module='tensorflow_datasets.datasets.oxford_iiit_pet.oxford_iiit_pet_dataset_builder',
     cls='Builder', config=None,
     splits={'train': 'train[:90%]', 'validation': 'train[90%:]', 'test': 'test'},
-    tasks=(Task('label', 'multiclass', 37), Task('species', 'binary')),
+    tasks=(Task('label', 'multiclass', 37), Task('species', 'binary'),
+           Task('segmentation', 'multiclass', len(PET_TRIMAP_CLASSES),
+                metrics=('accuracy', 'miou'), per_token=True)),
     input_kind='image', input_keys=('image',), example_fn=pet_example,
     sources={'label': (('label',), np.int32), 'species': (('species',), np.int32)},
     batch_fn=image_batch, needs_tensorflow=True))

@@ -238,14 +238,15 @@ def gather(columns: Columns, indices: np.ndarray) -> Columns:
   return np.take(columns, indices, axis=0)
 
 
-def _missing(labels: np.ndarray, kind: str) -> np.ndarray:
-  """bool [N]: where a task's label is missing (-1, or NaN for regression)."""
+def _missing(labels: np.ndarray, kind: str, per_token: bool = False) -> np.ndarray:
+  """bool [N]: where a task's label is missing (-1, or NaN for regression); [N, T] for a
+  per-token task, whose labels are missing position by position."""
   labels = np.asarray(labels)
   if kind == 'regression':
     miss = np.isnan(labels) if np.issubdtype(labels.dtype, np.floating) else labels != labels
   else:
     miss = labels == -1
-  if miss.ndim > 1:
+  if miss.ndim > 1 and not per_token:
     miss = miss.reshape(len(miss), -1).all(axis=1)
   return miss
 
@@ -259,7 +260,8 @@ def check_columns(columns: Columns, tasks: Sequence[Task], split: str) -> None:
       raise UserError(f'task {task.name!r}: split {split!r} has no label column {task.name!r}; '
                       f'columns: {", ".join(columns)}')
     labels = np.asarray(columns[task.name])
-    task.check_labels(labels, ~_missing(labels, task.kind), where=f'split {split!r}')
+    task.check_labels(labels, ~_missing(labels, task.kind, task.per_token),
+                      where=f'split {split!r}')
   for name, array in _leaves({k: v for k, v in columns.items() if k not in label_names}):
     array = np.asarray(array)
     if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
@@ -289,8 +291,8 @@ def to_batch(rows: Columns, spec: Any, tasks: Sequence[Task] | None = None) -> B
   labels, label_mask = {}, {}
   for task in tasks:
     y = np.asarray(rows[task.name])
-    missing = _missing(y, task.kind)
-    fill = missing.reshape(missing.shape + (1,) * (y.ndim - 1))
+    missing = _missing(y, task.kind, task.per_token)
+    fill = missing.reshape(missing.shape + (1,) * (y.ndim - missing.ndim))
     y = np.where(fill, 0, y)
     labels[task.name] = y.astype(np.float32 if task.kind == 'regression' else np.int32)
     label_mask[task.name] = ~missing
@@ -423,8 +425,9 @@ def eval_batches(columns: Columns, batch_size: int, *,
     if transform is not None:
       batch = transform(batch)
       if isinstance(batch, Mapping) and 'label_mask' in batch:
-        batch['label_mask'] = {name: np.logical_and(mask, valid)
-                               for name, mask in batch['label_mask'].items()}
+        batch['label_mask'] = {
+            name: np.logical_and(mask, valid.reshape((-1,) + (1,) * (np.ndim(mask) - 1)))
+            for name, mask in batch['label_mask'].items()}
     yield batch, valid
 
 

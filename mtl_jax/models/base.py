@@ -135,6 +135,8 @@ def make_encoder(name, kwargs: Mapping | None = None) -> nn.Module:
 
 
 def make_heads(tasks, hidden_sizes=()) -> dict:
-  """One `Head` per task, keyed by task name."""
+  """One `Head` per task, keyed by task name; a task that is not per-token averages features that
+  have a position axis (a dense-prediction trunk's pixels) before its layers."""
   from mtl_jax.models.heads import Head  # pylint: disable=import-outside-toplevel
-  return {task.name: Head(task.output_size, tuple(hidden_sizes)) for task in tasks}
+  return {task.name: Head(task.output_size, tuple(hidden_sizes),
+                          pool_positions=not task.per_token) for task in tasks}

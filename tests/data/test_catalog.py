@@ -68,7 +68,8 @@ EXPECTED = {
     'qm9': ({t: ('regression', 1, False) for t in (
         'mu', 'alpha', 'homo', 'lumo', 'gap', 'r2', 'zpve', 'U0_atomization', 'U_atomization',
         'H_atomization', 'G_atomization', 'Cv')}, {'x': ((34,), np.float32)}),
-    'oxford_iiit_pet': ({'label': ('multiclass', 37, False), 'species': ('binary', 1, False)},
+    'oxford_iiit_pet': ({'label': ('multiclass', 37, False), 'species': ('binary', 1, False),
+                         'segmentation': ('multiclass', 3, True)},
                         {'image': ((128, 128, 3), np.uint8)}),
 }
 EXPECTED['celeb_a_20k'] = EXPECTED['celeb_a']
@@ -211,7 +212,8 @@ def test_adapter_columns_and_batches(name, tmp_path):
       assert cols[key].shape == (n,) + shape and cols[key].dtype == dtype, key
     for task in spec.tasks:
       y = cols[task.name]
-      assert y.shape == ((n, 128) if task.per_token else (n,)), task.name
+      tokens = 32 * 32 if name == 'oxford_iiit_pet' else 128  # pixels of the trimap grid
+      assert y.shape == ((n, tokens) if task.per_token else (n,)), task.name
       if task.kind == 'regression':
         assert y.dtype == np.float32 and np.isfinite(y).all()
       else:
@@ -224,7 +226,9 @@ def test_adapter_columns_and_batches(name, tmp_path):
     assert list(batch['labels']) == list(tasks)
     for task in spec.tasks:
       mask = batch['label_mask'][task.name]
-      if task.per_token:  # Mock tag sequences are not as long as the sentence: min of both.
+      if task.per_token and name == 'oxford_iiit_pet':  # Pixels of a value outside the trimap.
+        np.testing.assert_array_equal(mask, cols[task.name][:4] != -1)
+      elif task.per_token:  # Mock tag sequences are not as long as the sentence: min of both.
         feature = catalog.CONLL_FEATURES[task.name]
         expected = [min(len(r[feature]), len(r['tokens']), 128) for r in raw[:4]]
         assert mask.sum(1).tolist() == expected
@@ -239,8 +243,14 @@ def test_adapter_columns_and_batches(name, tmp_path):
     batch = spec.to_batch(rows)
     for task in spec.tasks:
       assert batch['labels'][task.name].shape[0] == 8
-      if task.per_token:
+      if task.per_token and name != 'oxford_iiit_pet':  # Pixels have no token mask input.
         assert not batch['label_mask'][task.name][~valid].any()
+  # With the transform inside, `eval_batches` masks the padding rows itself, per pixel too.
+  for batch, valid in data.eval_batches(columns['test'], 8, transform=spec.to_batch):
+    for task in spec.tasks:
+      mask = batch['label_mask'][task.name]
+      assert not mask[~valid].any()
+      assert mask[valid].any() or not task.per_token
 
 
 @pytest.mark.parametrize('name', ['celeb_a', 'smallnorb', 'shapes3d', 'dsprites',
@@ -250,6 +260,8 @@ def test_labels_are_the_tfds_features(name, tmp_path):
   spec, _, columns, raw, _ = load(name, tmp_path)
   adapter = catalog.get_adapter(name)
   for task in spec.tasks:
+    if task.name == 'segmentation':  # Resized, not read as it is: checked below.
+      continue
     path = adapter.sources[task.name][0]
     expected = [catalog._get(example, path) for example in raw]
     np.testing.assert_array_equal(columns['train'][task.name],
@@ -261,12 +273,34 @@ def test_labels_are_the_tfds_features(name, tmp_path):
                                   np.stack([r['image2'][..., 0] for r in raw]))
   elif name == 'oxford_iiit_pet':  # Variable-size images, resized.
     assert len({r['image'].shape for r in raw}) > 1
+    np.testing.assert_array_equal(
+        columns['train']['segmentation'],
+        np.stack([catalog.pet_trimap_labels(r['segmentation_mask']) for r in raw]))
   else:
     np.testing.assert_array_equal(columns['train']['image'], np.stack([r['image'] for r in raw]))
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataset-specific mappings.
+
+
+def test_pet_trimap_labels_are_nearest_neighbour_classes_with_unknown_values_unlabelled():
+  # A 64 x 64 trimap: left half foreground (1), right half background (2), one 2-pixel-wide
+  # boundary (3) column at x = 30..31; a 4 x 4 corner of an out-of-range value (0).
+  mask = np.full((64, 64, 1), 2, np.uint8)
+  mask[:, :32] = 1
+  mask[:, 30:32] = 3
+  mask[:4, :4] = 0
+  labels = catalog.pet_trimap_labels(mask, size=32).reshape(32, 32)
+  assert labels.dtype == np.int32
+  expected = np.full((32, 32), 1)
+  expected[:, :16] = 0
+  expected[:, 15] = 2  # Pixels 30-31 of 64 fall on pixel 15 of 32.
+  expected[:2, :2] = -1
+  np.testing.assert_array_equal(labels, expected)
+  assert set(np.unique(labels)) == {-1, 0, 1, 2}  # Nearest neighbour never blends classes.
+  # Non-square input of another size, no channel axis.
+  assert catalog.pet_trimap_labels(np.full((50, 70), 3, np.uint8), size=8).tolist() == [2] * 64
 
 
 def test_movielens_mappings(tmp_path):
@@ -487,3 +521,26 @@ def test_trainer_runs_on_conll2003(tmp_path):
   for task in ('pos', 'chunk', 'ner'):
     assert 0.0 <= final[f'test/{task}/accuracy'] <= 1.0
     assert np.isfinite(final[f'test/{task}/loss'])
+
+
+def test_trainer_runs_oxford_pet_with_segmentation(tmp_path):
+  """The pet config's tasks (breed, species, per-pixel trimap) on one `fcn` trunk, shrunk."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from experiments.configs import oxford_pet  # pylint: disable=import-outside-toplevel
+  from mtl_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = oxford_pet.get_config()
+  config.data_dir = str(tmp_path / 'data')
+  config.encoder_kwargs = ml_collections.ConfigDict(
+      {'channels': (4, 4, 8), 'output_stride': 4, 'norm': 'group'})
+  config.num_train_steps = 1
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 1
+  config.keep_best = 1
+  config.lr_schedule = 'constant'
+  with mocked(16):
+    final = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  for task in ('label', 'species', 'segmentation'):
+    assert 0.0 <= final[f'test/{task}/accuracy'] <= 1.0
+    assert np.isfinite(final[f'test/{task}/loss'])
+  assert 0.0 <= final['test/segmentation/miou'] <= 1.0
