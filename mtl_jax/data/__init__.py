@@ -30,6 +30,7 @@ from mtl_jax.data.registry import DATASETS, DatasetSpec, get
 from mtl_jax.data import mmoe_synthetic  # registers the mmoe_synthetic_* datasets
 from mtl_jax.data import catalog  # registers the tfds catalog adapters (celeb_a, smallnorb, ...)
 from mtl_jax.data import multi_mnist  # registers multi_mnist
+from mtl_jax.data import gradnorm_toy  # registers gradnorm_toy_t2, gradnorm_toy_t10
 from mtl_jax.data import qm9  # registers qm9_subset
 from mtl_jax.data import custom  # register_csv / register_npz / register_conllu / config.custom_data
 from mtl_jax.data import mixtures  # registers census_income_split
