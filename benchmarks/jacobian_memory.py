@@ -225,7 +225,7 @@ def plot(ks, labels, analysis, real, budget_mib, path, title):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(7.5, 4.6))
+  fig, ax = plt.subplots(figsize=(9, 5.2))
   for index, label in enumerate(labels):
     color = f'C{index}'
     points = [(k, analysis[k][label]['peak'] / MIB) for k in ks if label in analysis[k]]
@@ -244,8 +244,8 @@ def plot(ks, labels, analysis, real, budget_mib, path, title):
   ax.set_xlabel('number of tasks K')
   ax.set_ylabel('MiB')
   ax.grid(True, which='both', alpha=0.3)
-  ax.legend(fontsize=7)
-  ax.set_title(textwrap.fill(title, 110), fontsize=7)
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  ax.set_title(textwrap.fill(title, 130), fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=110)
