@@ -9,7 +9,8 @@ so that machine noise hits all of them alike; the medians over rounds are report
   `data.train_iterator(columns, batch_size, seed, ..., transform=spec.to_batch)`, for a mixture
   `mixtures.train_iterator`), N batches after a warm-up, batch size of the config;
 * pipeline + put: the same plus `sharding.put_batch` (the host-to-device transfer the loop does
-  before each step), blocked until the arrays are on the device;
+  before each step: one array per dtype, see `sharding.PackedBatch`), blocked until the arrays
+  are on the device;
 * step: the config's train step (`step.make_train_step` under `sharding.jit_train_step`, state from
   `step.create_state` jitted with replicated output, as the loop builds them) on a few batches
   drawn from the same iterator and already on the device (cycled, so a token dataset's several
@@ -42,6 +43,7 @@ import ml_collections
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
 from experiments.configs import census_mixture
 from experiments.configs import default
+from experiments.configs import gradnorm_toy as gradnorm_toy_config
 from experiments.configs import mmoe_synthetic as mmoe_synthetic_config
 from experiments.configs import multi_mnist as multi_mnist_config
 from experiments.configs import ud_ewt as ud_ewt_config
@@ -75,6 +77,7 @@ CONFIGS = {
     'multi_mnist': ('multi_mnist.py', multi_mnist_config.get_config),
     'qm9_subset': ('qm9_config() here', qm9_config),
     'census_income_split': ('census_mixture.py', census_mixture.get_config),
+    'gradnorm_toy_t2': ('gradnorm_toy.py', gradnorm_toy_config.get_config),
 }
 
 

@@ -1,5 +1,5 @@
 """Transfer on Census-Income: a trunk pretrained on `never_married`, a new `income` head trained
-on few labels (`mtl_jax/meta/transfer.py`, results in docs/RESULTS_TRANSFER.md).
+on few labels (`mtl_jax/meta/transfer.py`, results in docs/RESULTS.md, flags in docs/TRANSFER.md).
 
     python launch.py --config=experiments/configs/transfer_census.py:pretrain \
         --workdir=runs/transfer/pretrain

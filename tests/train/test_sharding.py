@@ -1,4 +1,5 @@
-"""`sharding.put_batch` packs a batch into one transfer per dtype; the step unpacks it exactly."""
+"""`sharding.put_batch` packs a batch into one byte array (one transfer); the step unpacks it
+exactly."""
 
 import jax
 import jax.numpy as jnp
@@ -24,15 +25,15 @@ def _mixed_batch(batch_size=16, length=7, seed=0):
   }
 
 
-def test_pack_makes_one_buffer_per_dtype_and_unpack_restores_every_leaf():
+def test_pack_makes_one_byte_buffer_and_unpack_restores_every_leaf():
   batch = _mixed_batch()
-  buffers, _ = sharding.pack(batch)
-  widths = {str(b.dtype): b.shape[1] for b in buffers}
-  assert len(buffers) == 3
-  assert widths == {'float32': 3 * 2 + 1, 'int32': 7 + 7, 'bool': 7 + 1}
+  data, _ = sharding.pack(batch)
+  assert data.dtype == np.uint8
+  # float32 dense 3*2 + reg 1, int32 tokens 7 + tag 7 (4 bytes each), bool masks 7 + 1.
+  assert data.shape == (16, 4 * (6 + 1) + 4 * (7 + 7) + (7 + 1))
   mesh = sharding.make_mesh()
   packed = sharding.put_batch(batch, mesh)
-  assert len(jax.tree.leaves(packed)) == 3
+  assert len(jax.tree.leaves(packed)) == 1
   unpacked = jax.device_get(jax.jit(sharding.unpack)(packed))
   assert jax.tree.structure(unpacked) == jax.tree.structure(batch)
   for got, want in zip(jax.tree.leaves(unpacked), jax.tree.leaves(batch)):
@@ -40,13 +41,29 @@ def test_pack_makes_one_buffer_per_dtype_and_unpack_restores_every_leaf():
     np.testing.assert_array_equal(got, want)
 
 
-def test_packed_buffers_are_sharded_on_the_batch_axis():
+def test_other_dtypes_round_trip_and_64_bit_leaves_become_what_jax_makes_of_them():
+  rng = np.random.default_rng(1)
+  batch = {'u8': rng.integers(0, 255, (8, 3)).astype(np.uint8),
+           'i8': rng.integers(-100, 100, (8,)).astype(np.int8),
+           'f16': rng.normal(size=(8, 2, 2)).astype(np.float16),
+           'f64': rng.normal(size=(8,)),
+           'i64': rng.integers(-2**20, 2**20, (8, 1)),
+           'nan': np.array([np.nan, np.inf, -np.inf, -0.0, 1e-40, 3.0, 0.0, -1.0], np.float32)}
+  unpacked = jax.device_get(jax.jit(sharding.unpack)(
+      sharding.put_batch(batch, sharding.make_mesh())))
+  for key, want in batch.items():
+    want = np.asarray(jax.numpy.asarray(want))  # The dtype JAX gives it (no x64: 32-bit).
+    assert unpacked[key].dtype == want.dtype, key
+    np.testing.assert_array_equal(unpacked[key], want)  # Bit patterns kept: NaN, -0, subnormal.
+  assert np.signbit(unpacked['nan'][3])
+
+
+def test_the_packed_array_is_sharded_on_the_batch_axis():
   mesh = sharding.make_mesh()
   assert mesh.devices.size == 8, 'tests/conftest.py asks for 8 fake CPU devices'
   packed = sharding.put_batch(_mixed_batch(batch_size=16), mesh)
-  for buffer in packed.buffers:
-    assert buffer.sharding.is_equivalent_to(sharding.data_sharded(mesh), buffer.ndim)
-    assert {shard.data.shape[0] for shard in buffer.addressable_shards} == {2}
+  assert packed.data.sharding.is_equivalent_to(sharding.data_sharded(mesh), packed.data.ndim)
+  assert {shard.data.shape[0] for shard in packed.data.addressable_shards} == {2}
 
 
 def test_leaves_without_a_common_batch_dimension_are_refused():
