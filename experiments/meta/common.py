@@ -53,6 +53,9 @@ def make_curves(loss_fn: Callable, steps: int, mask=None) -> Callable:
 
 def mean_std(values) -> str:
   values = np.asarray(values, np.float64)
+  bad = ~np.isfinite(values) | (values > 1e6)
+  if bad.any():
+    return f'diverged ({int(bad.sum())}/{values.size} seeds)'
   return f'{values.mean():.3f} ± {values.std(ddof=1) if values.size > 1 else 0.0:.3f}'
 
 
