@@ -54,8 +54,8 @@ def _torch_trunk(model_name, trunk, x):
 
 def test_torch_layout_reproduces_the_trunk_and_counts_every_parameter():
   for model_name in ('mlp', 'cnn'):
-    tasks, model, batch = vs_pytorch.make_problem(model_name, 3)
-    x = batch['inputs'][:4]
+    tasks, model, batch = vs_pytorch.make_problem(model_name, 2)
+    x = batch['inputs'][:2]
     params = model.init(jax.random.PRNGKey(1), x)['params']
     trunk, heads = vs_pytorch.torch_layout(model_name, params['shared']['encoder'],
                                            [params['tasks'][t.name] for t in tasks])
