@@ -51,7 +51,7 @@ Correctness: from the same initial weights and batch, one step of each method's 
 the shared parameters (JAX: SGD with lr 1, the parameter change; PyTorch: the `.grad` fields after
 the backward) is compared by cosine and norm ratio.
 
-    python benchmarks/vs_pytorch.py                       # K = 8, MLP and CNN (~10 min on 2 cores)
+    python benchmarks/vs_pytorch.py               # K = 8, MLP and CNN (14 min on 2 loaded cores)
     python benchmarks/vs_pytorch.py --ks 2,8,16 --models mlp --rounds 5
 """
 
@@ -320,8 +320,9 @@ def ensure_torch_venv(path: str) -> str:
   # LibMTL is not imported here: its package import needs the worker's torchvision stub.
   probe = [python, '-c', 'import torch, torchjd, scipy, cvxpy; from importlib import metadata; '
            'metadata.version("LibMTL")']
+  env = {**os.environ, 'PYTHONPATH': ''}
   if os.path.exists(python) and subprocess.run(probe, capture_output=True, check=False,
-                                               env={**os.environ, 'PYTHONPATH': ''}).returncode == 0:
+                                               env=env).returncode == 0:
     return python
   log(f'creating the PyTorch environment in {path} (once)')
   subprocess.run([sys.executable, '-m', 'venv', path], check=True)
@@ -552,7 +553,9 @@ def summarize(result, methods):
       return None
     return statistics.median(b / a for a, b in zip(times[ours], times[theirs]))
 
-  fmt = lambda v, spec='.2f': '' if v is None else format(v, spec)  # pylint: disable=unnecessary-lambda-assignment
+  def fmt(value, spec='.2f'):
+    return '' if value is None else format(value, spec)
+
   lines = ['| method | mtl_jax jacobian | mtl_jax rep | LibMTL | TorchJD | jacobian / LibMTL '
            '| rep / LibMTL | jacobian / TorchJD | rep / TorchJD | target |',
            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
