@@ -34,6 +34,11 @@ Two measurements:
 
 The step-time cost of chunking (`--time_ks`) is measured in this process, side by side: the
 configurations of one K in alternating rounds (fresh random order), median ms/step.
+
+`--fix_prototype K` instead compiles, outside the train step, three ways to get the combined
+gradient (J stored as now; the combination as one more VJP; the Gramian over pairs of task
+chunks) and prints their temp memory: what a step could do where the K x P Jacobian is what does
+not fit. E.g. `--fix_prototype 40 --input_dim 256 --hidden 1024,512,256 --batch_size 256`.
 """
 
 import argparse
@@ -55,6 +60,7 @@ import numpy as np
 import optax
 
 from mtl_jax import models
+from mtl_jax.optim import base as optim_base
 from mtl_jax.optim import registry
 from mtl_jax.tasks import Task
 from mtl_jax.train import sharding
@@ -217,6 +223,69 @@ def time_side_by_side(num_tasks, args, configs, mesh, log):
   return {label: 1e3 * statistics.median(run['times']) for label, run in runs.items()}
 
 
+def fix_prototype(num_tasks, args):
+  """Compiled temp memory of the per-task gradients and their MGDA-style combination, three ways.
+
+  Outside the train step, to show what the step could do where the K x P Jacobian itself does
+  not fit: (a) J stored and combined by `tensordot(w, J)` (what the step does); (b) J stored for
+  the Gramian only, the combination as one more VJP with cotangent w; (c) the Gramian accumulated
+  over pairs of task chunks (J_a kept, J_b recomputed), then the VJP with w: no K x P array.
+  """
+  tasks, model, _, _, batch = problem(num_tasks, args)
+  batch = jax.tree.map(jnp.asarray, batch)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch['inputs'][:2]))['params']
+  shared, rest = params['shared'], {k: v for k, v in params.items() if k != 'shared'}
+  chunk = args.prototype_chunk
+  if num_tasks % chunk:
+    raise SystemExit(f'--prototype_chunk {chunk} must divide K={num_tasks}')
+
+  def weights(gram):  # any function of G stands in for the method
+    return jax.nn.softmax(-jnp.diag(gram) / (jnp.trace(gram) + 1e-9))
+
+  def vjp_of(shared, rest, batch):
+    def losses(s):
+      outputs = model.apply({'params': {**rest, 'shared': s}}, batch['inputs'])
+      return step_lib.task_losses(tasks, outputs, batch)
+    return jax.vjp(losses, shared)[1]
+
+  def stored(shared, rest, batch, by_vjp):
+    vjp = vjp_of(shared, rest, batch)
+    (jac,) = jax.vmap(vjp)(jnp.eye(num_tasks))
+    w = jax.lax.stop_gradient(weights(optim_base.gramian(jac)))
+    return vjp(w)[0] if by_vjp else optim_base.combine(w, jac)
+
+  def chunk_pairs(shared, rest, batch):
+    vjp = vjp_of(shared, rest, batch)
+    n = num_tasks // chunk
+    basis = jnp.eye(num_tasks).reshape(n, chunk, num_tasks)
+
+    def chunk_jac(e):
+      (j,) = jax.vmap(vjp)(e)
+      return jnp.concatenate([x.reshape(chunk, -1) for x in jax.tree.leaves(j)], axis=1)
+
+    def row(ea):
+      ja = chunk_jac(ea)
+      return jax.lax.map(lambda eb: ja @ chunk_jac(eb).T, basis)
+
+    gram = jax.lax.map(row, basis).transpose(0, 2, 1, 3).reshape(num_tasks, num_tasks)
+    return vjp(jax.lax.stop_gradient(weights(gram)))[0]
+
+  num_shared = sum(x.size for x in jax.tree.leaves(shared))
+  print(f'K={num_tasks}, batch {args.batch_size}, MLP {args.input_dim}->'
+        f'{args.hidden.replace(",", "->")} ({num_shared:,} shared parameters; K x P = '
+        f'{mib(num_tasks * num_shared * 4)} MiB): compiled temp memory of the gradient part\n')
+  print('| per-task gradients and combination | temp MiB |')
+  print('|---|---:|')
+  for label, fn in (('J stored, `tensordot(w, J)` (as the step does)',
+                     lambda *a: stored(*a, by_vjp=False)),
+                    ('J stored for G only, combination by `vjp(w)`',
+                     lambda *a: stored(*a, by_vjp=True)),
+                    (f'G over pairs of task chunks (C = {chunk}), then `vjp(w)`', chunk_pairs)):
+    stats = jax.jit(fn).lower(shared, rest, batch).compile().memory_analysis()
+    print(f'| {label} | {mib(stats.temp_size_in_bytes)} |', flush=True)
+  return 0
+
+
 def mib(x):
   return f'{x / MIB:,.0f}'
 
@@ -273,6 +342,10 @@ def main(argv=None):
   parser.add_argument('--method', default='mgda')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--plot', default='docs/img/jacobian_memory.png', help='"" for none')
+  parser.add_argument('--fix_prototype', type=int, default=0, help='only print, at this K, the '
+                      'compiled memory of three ways to get the combined gradient (see '
+                      '`fix_prototype`)')
+  parser.add_argument('--prototype_chunk', type=int, default=4)
   parser.add_argument('--child_k', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--child_chunk', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--child_per_task', default='auto', help=argparse.SUPPRESS)
@@ -281,6 +354,8 @@ def main(argv=None):
   args.dtype = jnp.dtype(args.dtype)
   if args.child_k:
     return child(args)
+  if args.fix_prototype:
+    return fix_prototype(args.fix_prototype, args)
 
   parse = lambda s: [int(x) for x in s.split(',') if x]  # pylint: disable=unnecessary-lambda-assignment
   ks, real_ks, enforce_ks, time_ks = (parse(s) for s in (args.ks, args.real_ks, args.enforce_ks,
