@@ -1,6 +1,6 @@
 """Peak memory of the "jacobian" gradient mode against K, with and without task chunking.
 
-    nice -n 5 python benchmarks/jacobian_memory.py                 # K = 2..64, ~10 min on 2 cores
+    nice -n 5 python benchmarks/jacobian_memory.py   # K = 2..64: 15 min on 2 cores at load 7-11
     python benchmarks/jacobian_memory.py --ks 8,40 --real_ks 40 --time_ks ''   # quick
     python benchmarks/jacobian_memory.py --dtype bfloat16          # e.g. on a GPU
 

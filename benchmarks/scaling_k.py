@@ -1,6 +1,6 @@
 """Step time against the number of tasks K, side by side: hard sharing and soft sharing.
 
-    nice -n 5 python benchmarks/scaling_k.py                      # K = 2..64, ~10 min on 2 cores
+    nice -n 5 python benchmarks/scaling_k.py     # K = 2..64: 20 min on 2 cores at load 5-16, mostly compiling
     python benchmarks/scaling_k.py --ks 2,8 --rounds 3            # quick
     python benchmarks/scaling_k.py --dtype bfloat16               # e.g. on a GPU
 
