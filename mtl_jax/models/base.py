@@ -135,8 +135,11 @@ def make_encoder(name, kwargs: Mapping | None = None) -> nn.Module:
 
 
 def make_heads(tasks, hidden_sizes=()) -> dict:
-  """One `Head` per task, keyed by task name; a task that is not per-token averages features that
-  have a position axis (a dense-prediction trunk's pixels) before its layers."""
+  """One `Head` per task, keyed by task name. When some tasks are per-token (per-pixel) and
+  others not, the others average features that have a position axis before their layers (breed
+  and species beside segmentation on one `fcn` trunk). Without per-token tasks every head keeps
+  applying position by position, as before."""
   from mtl_jax.models.heads import Head  # pylint: disable=import-outside-toplevel
+  mixed = any(task.per_token for task in tasks)
   return {task.name: Head(task.output_size, tuple(hidden_sizes),
-                          pool_positions=not task.per_token) for task in tasks}
+                          pool_positions=mixed and not task.per_token) for task in tasks}

@@ -6,7 +6,8 @@ The output has a position axis, like a sequence encoder's [B, T, D]: a per-pixel
 per-token task (`Task(..., per_token=True)`) whose T is the flattened pixel grid, and its head
 is a 1x1 convolution (a Dense applied at every position). A per-image task in the same model
 (breed, species) reads the same features through its head's mean over positions
-(`Head(pool_positions=True)`, what `make_heads` gives tasks that are not per-token), so one trunk
+(`Head(pool_positions=True)`, what `make_heads` gives the tasks that are not per-token when
+others are), so one trunk
 serves both kinds, as in the dense multi-task benchmarks (NYUv2, Cityscapes).
 
 Encoder: `len(channels)` blocks of two 3x3 conv + norm + relu, each but the last followed by a 2x2

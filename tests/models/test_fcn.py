@@ -85,6 +85,8 @@ def test_bad_options_are_clear_errors():
 def test_per_image_heads_pool_the_positions_and_per_pixel_heads_do_not():
   heads = models.make_heads(TASKS)
   assert not heads['square'].pool_positions and heads['left'].pool_positions
+  # Without a per-token task, no head pools: heads apply position by position as before.
+  assert not any(h.pool_positions for h in models.make_heads(TASKS[1:]).values())
   features = jax.random.normal(jax.random.PRNGKey(1), (3, 10, 6))
   left = heads['left']
   variables = left.init(jax.random.PRNGKey(0), features)
