@@ -57,7 +57,7 @@ class PackedBatch:
 
   def __init__(self, data: jax.Array, layout: tuple):
     self.data = data
-    self.layout = layout  # (treedef, ((start, stop, dtype name, trailing shape), ...) per leaf)
+    self.layout = layout  # (treedef, ((start, stop, dtype, trailing shape), ...) per leaf)
 
   def tree_flatten(self):
     return (self.data,), self.layout
@@ -72,7 +72,6 @@ class PackedBatch:
     leaves = []
     for start, stop, dtype, trailing in slots:
       raw = self.data[:, start:stop]
-      dtype = np.dtype(dtype)
       if dtype == np.bool_:
         leaf = raw != 0
       elif dtype.itemsize == 1:
@@ -81,6 +80,18 @@ class PackedBatch:
         leaf = jax.lax.bitcast_convert_type(raw.reshape(batch, -1, dtype.itemsize), dtype)
       leaves.append(leaf.reshape((batch,) + trailing))
     return jax.tree.unflatten(treedef, leaves)
+
+
+_CANONICAL: dict = {}
+
+
+def _canonical(dtype: np.dtype) -> np.dtype:
+  """The dtype JAX gives an array of `dtype` (cached: this runs per leaf per batch, and both
+  `canonicalize_dtype` and `np.dtype.name` are Python code)."""
+  canonical = _CANONICAL.get(dtype)
+  if canonical is None:
+    canonical = _CANONICAL[dtype] = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+  return canonical
 
 
 def pack(local_batch: Any) -> tuple[np.ndarray, tuple]:
@@ -96,10 +107,10 @@ def pack(local_batch: Any) -> tuple[np.ndarray, tuple]:
   batch = leaves[0].shape[0]
   columns, slots, offset = [], [], 0
   for x in leaves:
-    dtype = np.dtype(jax.dtypes.canonicalize_dtype(x.dtype))
+    dtype = _canonical(x.dtype)
     column = np.ascontiguousarray(x, dtype).reshape(batch, -1).view(np.uint8)
     columns.append(column)
-    slots.append((offset, offset + column.shape[1], dtype.name, x.shape[1:]))
+    slots.append((offset, offset + column.shape[1], dtype, x.shape[1:]))
     offset += column.shape[1]
   data = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
   return data, (treedef, tuple(slots))
