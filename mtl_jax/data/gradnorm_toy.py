@@ -27,7 +27,6 @@ data_seed])`; sigma only scales, so configs of one seed share B, eps and x.
 
 import dataclasses
 import functools
-import types
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -140,14 +139,7 @@ def builder_class(sigmas, data_seed: int = 0) -> type:
 
 @functools.cache
 def _builder_class(sigmas: tuple, data_seed: int) -> type:
-  config = _make_config(sigmas, data_seed)
-
-  def body(namespace):
-    namespace.update(name=GradnormToy.name, BUILDER_CONFIGS=[config], __module__=__name__,
-                     __doc__=f'`GradnormToy` with config {config.name}.')
-
-  return types.new_class(f'GradnormToy_{config.name}', (GradnormToy,),
-                         {'skip_registration': True}, body)
+  return pipeline.with_config(GradnormToy, _make_config(sigmas, data_seed))
 
 
 def dense_batch(rows: dict, spec: 'registry.DatasetSpec', tasks_=None) -> dict:

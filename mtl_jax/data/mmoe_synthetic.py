@@ -72,7 +72,6 @@ parameters (u1, u2, w1, w2, alpha, beta, p, c, data_seed) are in `builder.info.m
 
 import dataclasses
 import functools
-import types
 from typing import Mapping
 
 import numpy as np
@@ -287,20 +286,9 @@ def builder_class(p: float, data_seed: int = 0, regime: str = DEFAULT_REGIME) ->
 
 @functools.cache
 def _builder_class(p: float, data_seed: int, regime: str) -> type:
-  """`builder_class`, cached on the normalised arguments (one class per config).
-
-  `pipeline.prepare` and `DatasetSpec` take a builder class and no config; this binds one. It
-  keeps the name `mmoe_synthetic` (same data folder as `tfds.data_source('mmoe_synthetic/p05')`)
-  and stays out of tfds' registry, which holds the base class.
-  """
-  config = make_config(p, data_seed, regime)
-
-  def body(namespace):
-    namespace.update(name=MmoeSynthetic.name, BUILDER_CONFIGS=[config], __module__=__name__,
-                     __doc__=f'`MmoeSynthetic` with config {config.name}.')
-
-  return types.new_class(f'MmoeSynthetic_{config.name}', (MmoeSynthetic,),
-                         {'skip_registration': True}, body)
+  """`builder_class`, cached on the normalised arguments (one class per config; the data folder
+  is the one of `tfds.data_source('mmoe_synthetic/p05')`)."""
+  return pipeline.with_config(MmoeSynthetic, make_config(p, data_seed, regime))
 
 
 def dense_batch(rows: dict, spec: 'registry.DatasetSpec', tasks=None) -> dict:

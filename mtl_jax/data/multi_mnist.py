@@ -35,7 +35,6 @@ import dataclasses
 import functools
 import gzip
 import os
-import types
 import zlib
 
 import numpy as np
@@ -225,14 +224,8 @@ def builder_class(num_train: int = DEFAULT_SIZES['train'],
                   num_test: int = DEFAULT_SIZES['test'], pair_seed: int = 0) -> type:
   """A `MultiMnist` subclass whose only config is these sizes and seed (same data folder layout
   as the base class: <data_dir>/multi_mnist/<config name>/<version>)."""
-  config = make_config(num_train, num_validation, num_test, pair_seed)
-
-  def body(namespace):
-    namespace.update(name=MultiMnist.name, BUILDER_CONFIGS=[config], __module__=__name__,
-                     __doc__=f'`MultiMnist` with config {config.name}.')
-
-  return types.new_class(f'MultiMnist_{config.name}', (MultiMnist,),
-                         {'skip_registration': True}, body)
+  return pipeline.with_config(MultiMnist,
+                              make_config(num_train, num_validation, num_test, pair_seed))
 
 
 INPUT_KEYS = ('image',)

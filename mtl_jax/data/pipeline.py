@@ -50,6 +50,7 @@ import fcntl
 import functools
 import sys
 import inspect
+import types
 import os
 import shutil
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -88,6 +89,21 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
   @classmethod
   def code_path(cls) -> epath.Path:
     return epath.Path(inspect.getfile(cls))
+
+
+def with_config(base: type, config) -> type:
+  """A subclass of the builder `base` whose only (so default) config is `config`.
+
+  `pipeline.prepare` and `DatasetSpec` take a builder class and no config; this binds one. It
+  keeps `base`'s name (the same data folder: <data_dir>/<name>/<config name>/<version>) and stays
+  out of tfds' registry, which holds `base`.
+  """
+  def body(namespace):
+    namespace.update(name=base.name, BUILDER_CONFIGS=[config], __module__=base.__module__,
+                     __doc__=f'`{base.__name__}` with config {config.name}.')
+
+  return types.new_class(f'{base.__name__}_{config.name}', (base,),
+                         {'skip_registration': True}, body)
 
 
 @contextlib.contextmanager
