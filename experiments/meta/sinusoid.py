@@ -177,13 +177,19 @@ def plot(results, fits, args):
       # pretrained and random networks diverge on some tasks, which would hide the rest.
       curve = np.array([[r['test'][str(min(LR_GRID, key=lambda lr: r['val'][str(lr)][k]))][k]
                          for k in range(EVAL_STEPS + 1)] for r in runs])
-      mean, std = curve.mean(0), curve.std(0)
+      # A mean over tasks that diverged on some seed is left out of the line (a gap), and the
+      # legend says so; the tables give the counts.
+      bad = ~np.all(np.isfinite(curve) & (curve < 1e3), axis=0)
+      mean = np.where(bad, np.nan, curve.mean(0))
+      std = np.where(bad, np.nan, curve.std(0))
       steps = np.arange(curve.shape[1])
-      ax.plot(steps, mean, marker='o', ms=3, label=method)
+      label = method + (f' (diverged from step {int(np.argmax(bad))} on some seed)'
+                        if bad.any() else '')
+      ax.plot(steps, mean, marker='o', ms=3, label=label)
       ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.set(title=f'K = {k_shot}: test-task query MSE', xlabel='SGD steps (α chosen on '
            'validation tasks)', ylabel='MSE', yscale='log')
-    ax.legend()
+    ax.legend(fontsize=8)
   for ax, steps in zip(axes[len(shots):], (1, 10)):
     ax.plot(fits['x'], fits['truth'], 'k-', lw=2, label='true task')
     ax.plot(fits['support_x'], fits['support_y'], 'k^', ms=8, label=f'{len(fits["support_x"])} '
