@@ -3,20 +3,22 @@ a random initialisation, each fine-tuned on a held-out task with the same k SGD 
 
 The family (Ma et al., KDD 2018 §4.2, `mtl_jax/data/mmoe_synthetic.py`): one data seed fixes
 orthonormal u1, u2 in R^100 and the sinusoids' alpha, beta (regime `paper` by default: labels
-nearly linear in wᵀx; `--regime nonlinear` for clearly non-linear ones); the paper's second task w2 = c (p u1 + sqrt(1 − p²) u2) is the point
-θ = arccos p of the circle
+nearly linear in wᵀx; `--regime nonlinear` for clearly non-linear ones); the paper's second
+task w2 = c (p u1 + sqrt(1 − p²) u2) is the point θ = arccos p of the circle
 
     w(θ) = c (cos θ u1 + sin θ u2),   cos(w(θ), w(θ')) = cos(θ − θ'),
     y = w(θ)ᵀx + Σ_i sin(α_i w(θ)ᵀx + β_i) + ε,   x ~ N(0, I_100),  ε ~ N(0, 0.01)
 
-(`mmoe_synthetic.label`, so the labels are the data module's, for any θ). A pool of T tasks at
-angles θ_t = t · θ_max / (T − 1), t = 0..T−1, has correlations from 1 down to cos θ_max between
-its tasks. The default, T = 6 over θ_max = 300°, puts them 60° apart around the circle:
+(the data module's `mmoe_synthetic.label`, written in jnp here and checked against it at start).
+A pool of T tasks at angles θ_t = t · θ_max / (T − 1), t = 0..T−1, has correlations from 1 down
+to cos θ_max between its tasks. The default, T = 6 over θ_max = 300°, puts them 60° apart around the circle:
 neighbours correlate 0.5 (the paper's p = 0.5), the others −0.5 and −1, so no single function
 fits the family and a held-out task must be adapted to. (With T = 6 over 90°, neighbours at
 0.95, the held-out task is close to the mean of the others and nothing needs adapting: tried,
-every method's un-adapted MSE was already ~0.04, noise 0.01.) Fold h holds out task h; the methods train on the other T − 1 tasks only, with
-examples drawn afresh every step:
+every method's un-adapted MSE was already ~0.04, noise 0.01.)
+
+Fold h holds out task h; the methods train on the other T − 1 tasks only, with examples drawn
+afresh every step:
 
 * `maml`: second-order MAML, a meta-batch of 8 tasks drawn from the T − 1 (with replacement),
   K support + K query examples each, `--inner_steps` SGD steps of `--inner_lr`, Adam(1e-3);

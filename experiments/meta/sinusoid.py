@@ -16,8 +16,8 @@ regression head. Methods, each trained for K-shot tasks (K support + K query poi
 Evaluation: 1,000 new tasks (never trained on), each with K support points and 100 query points;
 from each method's parameters, SGD with α = 0.01 on the support points (the same fine-tuning for
 every method), query MSE after 0..10 steps. A second table picks each method's fine-tuning step
-size from {0.001, 0.003, 0.01, 0.02, 0.05, 0.1} on 1,000 separate validation tasks (the paper tuned the
-pretrained baseline's step size), then reports the test tasks.
+size from {0.001, 0.003, 0.01, 0.02, 0.05, 0.1} on 1,000 separate validation tasks (the paper
+tuned the pretrained baseline's step size), then reports the test tasks.
 
     python -m experiments.meta.sinusoid --out runs/meta_sinusoid --seeds 3 --steps 10000 \
         --plot docs/img/meta_sinusoid.png
