@@ -13,9 +13,9 @@ task w2 = c (p u1 + sqrt(1 − p²) u2) is the point θ = arccos p of the circle
 A pool of T tasks at angles θ_t = t · θ_max / (T − 1), t = 0..T−1, has correlations from 1 down
 to cos θ_max between its tasks. The default, T = 6 over θ_max = 300°, puts them 60° apart
 around the circle: neighbours correlate 0.5 (the paper's p = 0.5), the others −0.5 and −1, so no
-single function fits the family and a held-out task must be adapted to. (With T = 6 over 90°, neighbours at
-0.95, the held-out task is close to the mean of the others and nothing needs adapting: tried,
-every method's un-adapted MSE was already ~0.04, noise 0.01.)
+single function fits the family and a held-out task must be adapted to. (With T = 6 over 90°,
+neighbours at 0.95, the held-out task is close to the mean of the others and nothing needs
+adapting: tried, every method's un-adapted MSE was already ~0.04, noise 0.01.)
 
 Fold h holds out task h; the methods train on the other T − 1 tasks only, with examples drawn
 afresh every step:
