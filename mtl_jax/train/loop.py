@@ -253,7 +253,7 @@ def evaluate(s: Setup, variables, split: str, predict) -> dict:
     for batch, valid in data_lib.eval_batches(columns, batch_size):
       batch = spec.to_batch(batch, [by_name[name] for name in names])
       local = _local_slice(batch)
-      out = jax.device_get(predict(variables, sharding.put_batch(local['inputs'], s.mesh)))
+      out = jax.device_get(predict(variables, sharding.put_tree(local['inputs'], s.mesh)))
       for name in names:
         outputs[name].append(np.asarray(out[name])[valid])
         labels[name].append(np.asarray(batch['labels'][name])[valid])
@@ -342,8 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step_lib.make_train_step(s.model, s.tasks, s.method, s.optimizer, s.mode,
                                config.get('jacobian_chunk_size', 0),
                                config.get('per_task_gradients', 'auto')), s.mesh)
-  predict = jax.jit(lambda variables, inputs: s.model.apply(variables, sharding.unpack(inputs),
-                                                           train=False),
+  predict = jax.jit(lambda variables, inputs: s.model.apply(variables, inputs, train=False),
                     out_shardings=replicated)
   progress = writers.Progress(config.num_train_steps, start, prefix=config.get('log_prefix', ''))
 

@@ -123,6 +123,14 @@ def put_batch(local_batch: Any, mesh: Mesh) -> PackedBatch:
   return PackedBatch(jax.make_array_from_process_local_data(data_sharded(mesh), data), layout)
 
 
+def put_tree(local_batch: Any, mesh: Mesh) -> Any:
+  """Like `put_batch` but one global array per leaf, the tree kept: for callers whose function
+  takes the batch as it is (evaluation's `predict`), where a transfer per leaf does not matter."""
+  sharding = data_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      local_batch)
+
+
 def unpack(batch: Any) -> Any:
   """The batch tree from a `PackedBatch` (inside `jit`); any other tree is returned as it is."""
   return batch.unpack() if isinstance(batch, PackedBatch) else batch
