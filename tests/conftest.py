@@ -34,3 +34,10 @@ def census_columns(census_builder):
              for split in ('train', 'validation', 'test')}
   print(f'\ncensus_income splits loaded in {time.perf_counter() - start:.1f} s')
   return columns
+
+
+def pytest_collection_modifyitems(config, items):
+  """The end-to-end tests (`@pytest.mark.slow`, up to ~90 s each) run first: with `-n 2`,
+  one of them collected last would leave the other worker idle for its whole length."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)

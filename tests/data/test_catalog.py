@@ -523,6 +523,7 @@ def test_trainer_runs_on_conll2003(tmp_path):
     assert np.isfinite(final[f'test/{task}/loss'])
 
 
+@pytest.mark.slow
 def test_trainer_runs_oxford_pet_with_segmentation(tmp_path):
   """The pet config's tasks (breed, species, per-pixel trimap) on one `fcn` trunk, shrunk."""
   import ml_collections  # pylint: disable=import-outside-toplevel

@@ -412,6 +412,7 @@ def _tiny_mixture_config(census_dir, **extra):
                                     'keep_best': 5, **extra})
 
 
+@pytest.mark.slow
 def test_mixture_trains_evaluates_and_resumes_bitwise(tmp_path, census_builder, census_dir):
   from mtl_jax import train
   from tests.train.test_loop import final_state

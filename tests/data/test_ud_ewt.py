@@ -399,6 +399,7 @@ def test_token_input_layer_from_the_config():
 # End to end.
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_and_evaluates(slice_builder, tmp_path):
   from experiments.configs import ud_ewt as ud_config  # pylint: disable=import-outside-toplevel
   from mtl_jax.train import loop  # pylint: disable=import-outside-toplevel

@@ -42,7 +42,9 @@ def _images(num=32, seed=0):
 
 def test_output_is_one_feature_vector_per_pixel_at_the_output_stride():
   x = _images(4)['inputs']
-  for stride, channels in ((1, (4, 8, 16)), (2, (4, 8, 16)), (4, (4, 8, 16)), (1, (4,))):
+  # Compiling a U-Net costs seconds: two configurations cover the decoder stopping early (stride
+  # 2 of 4) and a single level (no decoder).
+  for stride, channels in ((2, (4, 8, 16)), (1, (4,))):
     encoder = models.make_encoder('fcn', {'channels': channels, 'output_stride': stride})
     variables = jax.jit(encoder.init)(jax.random.PRNGKey(0), x)
     out = jax.jit(encoder.apply)(variables, x)
@@ -50,9 +52,9 @@ def test_output_is_one_feature_vector_per_pixel_at_the_output_stride():
     assert out.shape == (4, (SIZE // stride)**2, channels[stride.bit_length() - 1]), (
         stride, channels)
   # [B, H, W] images get a channel axis.
-  encoder = models.make_encoder('fcn', {'channels': (4, 8)})
-  assert encoder.apply(encoder.init(jax.random.PRNGKey(0), x[..., 0]), x[..., 0]).shape == (
-      4, SIZE * SIZE, 4)
+  encoder = models.make_encoder('fcn', {'channels': (4,)})
+  assert jax.eval_shape(lambda x: encoder.apply(encoder.init(jax.random.PRNGKey(0), x), x),
+                        x[..., 0]).shape == (4, SIZE * SIZE, 4)
 
 
 def test_each_output_pixel_sees_its_own_place():
@@ -96,6 +98,7 @@ def test_per_image_heads_pool_the_positions_and_per_pixel_heads_do_not():
   assert square.apply(square.init(jax.random.PRNGKey(0), features), features).shape == (3, 10, 2)
 
 
+@pytest.mark.slow
 def test_hard_sharing_with_an_fcn_trunk_learns_a_per_pixel_and_a_per_image_task():
   model = models.build('hard', TASKS, models.inputs.Identity(), 'fcn',
                        {'channels': (8, 16), 'norm': 'group'})

@@ -161,6 +161,7 @@ def _first_step(num_devices):
   return jax.tree.map(np.asarray, new_state)
 
 
+@pytest.mark.slow
 def test_batch_statistics_are_the_global_batch_s_on_8_devices():
   images = _images()['inputs']
   on_8, on_1 = _first_step(8), _first_step(1)
