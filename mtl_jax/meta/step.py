@@ -10,7 +10,6 @@ device adapts its own tasks and the mean over tasks is the one cross-device redu
 from typing import Any, Callable, NamedTuple
 
 import jax
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -58,11 +57,9 @@ def check_meta_batch(meta_batch: PyTree, mesh: Mesh) -> None:
 def put_tasks(meta_batch: PyTree, mesh: Mesh) -> PyTree:
   """Each process's tasks as global arrays sharded along the task axis (`data`)."""
   check_meta_batch(meta_batch, mesh)
-  # Plain global arrays, one per leaf: a meta-batch is a few leaves of T tasks each, and the
-  # per-leaf arrays keep the task axis visible to `vmap` inside the step.
-  task_sharding = sharding.data_sharded(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(task_sharding, np.asarray(x)), meta_batch)
+  # One global array per leaf (not `put_batch`'s packed bytes): a meta-batch is a few leaves,
+  # transferred once per meta-step, and the step vmaps over their task axis as they are.
+  return sharding.put_tree(meta_batch, mesh)
 
 
 def jit_meta_step(meta_step: Callable, mesh: Mesh, num_batches: int = 2) -> Callable:

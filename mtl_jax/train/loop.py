@@ -132,7 +132,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     for split in ('train', 'validation', 'test'):
       builder, columns[split] = _load_split(config.dataset, config.get('data_dir', ''), split)
       data_lib.check_columns(columns[split], tasks, split)
-    columns['train'] = _first_examples(columns['train'], config.get('train_examples', 0),
+    columns['train'] = _training_subset(columns['train'], config.get('train_examples', 0),
                                        config.seed)
     train_labels = {t.name: [columns['train'][t.name]] for t in tasks}
   else:
@@ -154,7 +154,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                mode, mixture, members, rate, per_batch)
 
 
-def _first_examples(columns, count: int, seed: int):
+def _training_subset(columns, count: int, seed: int):
   """`count` training rows drawn with `seed` (all for 0): the few-label regime. The draws are
   nested (a larger count keeps a smaller one's rows), on a stream apart from the epochs'."""
   total = data_lib.num_rows(columns)
