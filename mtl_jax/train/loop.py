@@ -4,6 +4,7 @@ Everything that can be wrong with the config or the data is checked in `setup` b
 compiled; the loop itself reads top to bottom: restore, then step / log / evaluate / checkpoint.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -133,7 +134,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       builder, columns[split] = _load_split(config.dataset, config.get('data_dir', ''), split)
       data_lib.check_columns(columns[split], tasks, split)
     columns['train'] = _training_subset(columns['train'], config.get('train_examples', 0),
-                                       config.seed)
+                                        config.seed)
     train_labels = {t.name: [columns['train'][t.name]] for t in tasks}
   else:
     if config.get('train_examples', 0):
@@ -312,86 +313,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.best_metric,
                                      higher, config.get('keep_best', 2))
-  writer = writers.MetricWriter(workdir)
-  replicated = sharding.replicated(s.mesh)
+  # Closed on the way out of an exception too: pending checkpoint writes finish and the event
+  # file is flushed.
+  with contextlib.closing(ckpt), contextlib.closing(writers.MetricWriter(workdir)) as writer:
+    replicated = sharding.replicated(s.mesh)
 
-  train_iter = train_iterator(s)
-  example = s.spec.to_batch(data_lib.first_rows(s.columns['train'], 2))  # any member's inputs
-  init = lambda rng: step_lib.create_state(s.model, s.method, s.optimizer, rng, example['inputs'])
-  rng = jax.random.PRNGKey(config.seed)
-  start = ckpt.latest_step()
-  trunk, transfer_options = None, transfer.options(config)
-  if start is None and transfer_options.init_from:
-    # Only a fresh run reads the pretrained trunk (a resumed one has it in its own checkpoint),
-    # checked against the model's shapes before anything compiles.
-    trunk = transfer.restore_shared(transfer_options.init_from, transfer.shared_subtree(
-        checkpoint_lib.abstract(jax.eval_shape(init, rng), replicated), s.model.shared_keys()),
-        transfer_options.step)
-  state = jax.jit(init, out_shardings=replicated)(rng)
-  if trunk is not None:
-    state = transfer.with_shared(state, trunk)
+    train_iter = train_iterator(s)
+    example = s.spec.to_batch(data_lib.first_rows(s.columns['train'], 2))  # any member's inputs
+    init = lambda rng: step_lib.create_state(s.model, s.method, s.optimizer, rng, example['inputs'])
+    rng = jax.random.PRNGKey(config.seed)
+    start = ckpt.latest_step()
+    trunk, transfer_options = None, transfer.options(config)
+    if start is None and transfer_options.init_from:
+      # Only a fresh run reads the pretrained trunk (a resumed one has it in its own checkpoint),
+      # checked against the model's shapes before anything compiles.
+      trunk = transfer.restore_shared(transfer_options.init_from, transfer.shared_subtree(
+          checkpoint_lib.abstract(jax.eval_shape(init, rng), replicated), s.model.shared_keys()),
+          transfer_options.step)
+    state = jax.jit(init, out_shardings=replicated)(rng)
+    if trunk is not None:
+      state = transfer.with_shared(state, trunk)
 
-  if start is not None:
-    state, train_iter, saved_config = ckpt.restore(
-        start, checkpoint_lib.abstract(state, replicated), train_iter)
-    _warn_config_changes(saved_config, config)
-    print(f'Resumed from step {start} in {workdir}', flush=True)
-  start = int(state.step)
+    if start is not None:
+      state, train_iter, saved_config = ckpt.restore(
+          start, checkpoint_lib.abstract(state, replicated), train_iter)
+      _warn_config_changes(saved_config, config)
+      print(f'Resumed from step {start} in {workdir}', flush=True)
+    start = int(state.step)
 
-  train_step = sharding.jit_train_step(
-      step_lib.make_train_step(s.model, s.tasks, s.method, s.optimizer, s.mode,
-                               config.get('jacobian_chunk_size', 0),
-                               config.get('per_task_gradients', 'auto')), s.mesh)
-  predict = jax.jit(lambda variables, inputs: s.model.apply(variables, inputs, train=False),
-                    out_shardings=replicated)
-  progress = writers.Progress(config.num_train_steps, start, prefix=config.get('log_prefix', ''))
+    train_step = sharding.jit_train_step(
+        step_lib.make_train_step(s.model, s.tasks, s.method, s.optimizer, s.mode,
+                                 config.get('jacobian_chunk_size', 0),
+                                 config.get('per_task_gradients', 'auto')), s.mesh)
+    predict = jax.jit(lambda variables, inputs: s.model.apply(variables, inputs, train=False),
+                      out_shardings=replicated)
+    progress = writers.Progress(config.num_train_steps, start, prefix=config.get('log_prefix', ''))
 
-  history, best, evals_without_improvement = [], None, 0
-  log_every = config.get('log_every_steps', 100)
-  patience = config.get('early_stopping_patience', 0)
-  for step in range(start + 1, config.num_train_steps + 1):
-    batch = sharding.put_batch(next(train_iter), s.mesh)
-    state, step_metrics = train_step(state, batch)
-    history.append(step_metrics)
+    history, best, evals_without_improvement = [], None, 0
+    log_every = config.get('log_every_steps', 100)
+    patience = config.get('early_stopping_patience', 0)
+    for step in range(start + 1, config.num_train_steps + 1):
+      batch = sharding.put_batch(next(train_iter), s.mesh)
+      state, step_metrics = train_step(state, batch)
+      history.append(step_metrics)
 
-    is_last = step == config.num_train_steps
-    if step % log_every == 0 or is_last:
-      scalars = _summarise(task_names, history)
-      scalars['train/skipped_steps'] = int(state.skipped_steps)
-      history = []
-      writer.write(step, scalars)
-      progress.update(step, {k.split('/')[1]: v for k, v in scalars.items()
-                             if k.endswith('/loss')} | {'skipped': scalars['train/skipped_steps']})
+      is_last = step == config.num_train_steps
+      if step % log_every == 0 or is_last:
+        scalars = _summarise(task_names, history)
+        scalars['train/skipped_steps'] = int(state.skipped_steps)
+        history = []
+        writer.write(step, scalars)
+        progress.update(step, {k.split('/')[1]: v for k, v in scalars.items()
+                               if k.endswith('/loss')} | {'skipped': scalars['train/skipped_steps']})
 
-    val = None
-    if step % config.eval_every_steps == 0 or step % config.checkpoint_every_steps == 0 or is_last:
-      val = evaluate(s, state.variables, 'validation', predict)
-      writer.write(step, val)
-      metric = val[config.best_metric]
-      improved = best is None or (metric > best if higher else metric < best)
-      best, evals_without_improvement = (metric, 0) if improved else (best, evals_without_improvement + 1)
-    stop_early = bool(patience) and evals_without_improvement >= patience
-    if step % config.checkpoint_every_steps == 0 or is_last or stop_early:
-      if not math.isfinite(val[config.best_metric]):
-        print(f'step {step}: validation metric is not finite; checkpoint not written', flush=True)
-      else:
-        ckpt.save(step, state, train_iter, config.to_dict(), {config.best_metric: val[config.best_metric]})
-    if stop_early:
-      print(f'Early stopping at step {step}: {config.best_metric} has not improved in '
-            f'{patience} evaluations', flush=True)
-      break
-  writer.flush()
+      val = None
+      if step % config.eval_every_steps == 0 or step % config.checkpoint_every_steps == 0 or is_last:
+        val = evaluate(s, state.variables, 'validation', predict)
+        writer.write(step, val)
+        metric = val[config.best_metric]
+        improved = best is None or (metric > best if higher else metric < best)
+        best, evals_without_improvement = (metric, 0) if improved else (best, evals_without_improvement + 1)
+      stop_early = bool(patience) and evals_without_improvement >= patience
+      if step % config.checkpoint_every_steps == 0 or is_last or stop_early:
+        if not math.isfinite(val[config.best_metric]):
+          print(f'step {step}: validation metric is not finite; checkpoint not written', flush=True)
+        else:
+          ckpt.save(step, state, train_iter, config.to_dict(), {config.best_metric: val[config.best_metric]})
+      if stop_early:
+        print(f'Early stopping at step {step}: {config.best_metric} has not improved in '
+              f'{patience} evaluations', flush=True)
+        break
+    writer.flush()
 
-  best_step = ckpt.best_step()
-  if best_step is not None and best_step != int(state.step):
-    state, _, _ = ckpt.restore(best_step, checkpoint_lib.abstract(state, replicated))
-  final = {**evaluate(s, state.variables, 'validation', predict),
-           **evaluate(s, state.variables, 'test', predict)}
-  final['best_step'] = int(state.step)
-  final['skipped_steps'] = int(state.skipped_steps)
-  writer.write(int(state.step), {f'final/{k}': v for k, v in final.items()})
-  writer.close()
-  ckpt.close()
+    best_step = ckpt.best_step()
+    if best_step is not None and best_step != int(state.step):
+      state, _, _ = ckpt.restore(best_step, checkpoint_lib.abstract(state, replicated))
+    final = {**evaluate(s, state.variables, 'validation', predict),
+             **evaluate(s, state.variables, 'test', predict)}
+    final['best_step'] = int(state.step)
+    final['skipped_steps'] = int(state.skipped_steps)
+    writer.write(int(state.step), {f'final/{k}': v for k, v in final.items()})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(final, f, indent=1, sort_keys=True)

@@ -3,8 +3,11 @@
 Gradient modes (DESIGN.md §1):
 
 * "weighted": `w = method.loss_weights(state, L)`, then one backward pass of Σ_k w_k L_k.
-* "jacobian": J_k = ∇_Θs L_k for every task (K vector-Jacobian products, vmapped over one forward
-  pass); the method combines them (through G = J Jᵀ for Gramian methods).
+* "jacobian": J_k = ∇_Θs L_k for every task (K vector-Jacobian products sharing one forward
+  pass); the method combines them (through G = J Jᵀ for Gramian methods). With a shared
+  representation z, J_k is the VJP of Z_k = ∂L_k/∂z through the trunk, so no task's backward
+  pass runs through another task's head (at K = 8 on `benchmarks/vs_pytorch.py`'s MLP: 11-12 %
+  less step time, 1.6x faster to compile).
 * "rep": Z_k = ∇_z L_k at the shared representation z, each through task k's head alone
   (`model.decode(..., task_names=[k])`); G = Z Zᵀ gives the weights, and one VJP of Σ_k w_k Z_k
   through the trunk gives the shared gradient. Needs `model.has_shared_representation`.
@@ -140,14 +143,15 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     cpu = jax.default_backend() == 'cpu'
     per_task_gradients = 'unrolled' if cpu and num_tasks <= 16 else 'vmap'
 
-  def per_task(vjp, dtype):
-    """The VJP against every basis vector e_k: the K per-task gradients."""
-    basis = jnp.eye(num_tasks, dtype=dtype)
+  def per_task(vjp, cotangents):
+    """`vjp` of each of the K stacked `cotangents` (a pytree with a leading task axis)."""
     if jacobian_chunk_size and jacobian_chunk_size < num_tasks:
-      return jax.lax.map(vjp, basis, batch_size=jacobian_chunk_size)
+      return jax.lax.map(vjp, cotangents, batch_size=jacobian_chunk_size)
     if per_task_gradients == 'unrolled':
-      return jax.tree.map(lambda *xs: jnp.stack(xs), *[vjp(basis[k]) for k in range(num_tasks)])
-    return jax.vmap(vjp)(basis)
+      return jax.tree.map(lambda *xs: jnp.stack(xs),
+                          *[vjp(jax.tree.map(lambda x, k=k: x[k], cotangents))
+                            for k in range(num_tasks)])
+    return jax.vmap(vjp)(cotangents)
 
   def task_param_weights(state, losses, w):
     """c in Σ_k c_k ∇L_k for the task-specific parameters (see the module docstring)."""
@@ -184,6 +188,8 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     return grads, losses, w, method.advance(state.mtl_state, losses, w), collections
 
   def jacobian(state, batch, rngs):
+    if model.has_shared_representation:
+      return through_representation(state, batch, rngs, jacobian=True)
     shared, rest = _split(model, state.params)
 
     def losses_of(shared, rest):
@@ -191,12 +197,19 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
       return task_losses(tasks, outputs, batch), collections
 
     losses, vjp, collections = jax.vjp(losses_of, shared, rest, has_aux=True)
-    jac_shared, jac_rest = per_task(vjp, losses.dtype)
+    jac_shared, jac_rest = per_task(vjp, jnp.eye(num_tasks, dtype=losses.dtype))
     shared_grad, w, mtl_state = aggregate(state, losses, jac_shared, shared)
     grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
     return grads, losses, w, mtl_state, collections
 
-  def representation(state, batch, rngs):
+  def through_representation(state, batch, rngs, jacobian):
+    """Both modes for a model with a shared representation z = encode(Θs): each task's
+    Z_k = ∂L_k/∂z through its own head, then
+    * "rep" (`jacobian=False`): the method combines the Z_k, and one VJP of Σ_k w_k Z_k through
+      the trunk gives the shared gradient;
+    * "jacobian": J_k = VJP of Z_k through the trunk (K trunk backward passes, none through
+      another task's head), and the method combines the J_k.
+    """
     shared, rest = _split(model, state.params)
     inputs = batch['inputs']
 
@@ -226,11 +239,18 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     losses = jnp.stack(per_task_losses)
     rep_grads, jac_rest = (jax.tree.map(lambda *xs: jnp.stack(xs), *g)
                            for g in (rep_grads, jac_rest))
-    combined, w, mtl_state = aggregate(state, losses, rep_grads, None)
-    (shared_grad,) = encode_vjp(combined)
+    if jacobian:
+      (jac_shared,) = per_task(encode_vjp, rep_grads)
+      shared_grad, w, mtl_state = aggregate(state, losses, jac_shared, shared)
+    else:
+      combined, w, mtl_state = aggregate(state, losses, rep_grads, None)
+      (shared_grad,) = encode_vjp(combined)
     grads = {**optim_base.combine(task_param_weights(state, losses, w), jac_rest), **shared_grad}
     collections = merge_collections(encode_collections, decode_collections)
     return grads, losses, w, mtl_state, collections
+
+  def representation(state, batch, rngs):
+    return through_representation(state, batch, rngs, jacobian=False)
 
   compute = {'weighted': weighted, 'jacobian': jacobian, 'rep': representation}[mode]
 
