@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.errors import UserError
-from mtl_jax.models.encoders import ACTIVATIONS, ENCODERS
+from mtl_jax.models.encoders import ACTIVATIONS, ENCODERS, block_max_pool
 
 
 class _ConvBlock(nn.Module):
@@ -72,7 +72,7 @@ class FCN(nn.Module):
       x = _ConvBlock(channels, self.norm, self.activation)(x)
       if level < levels - 1:
         skips.append(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = block_max_pool(x)
     stride = 2**(levels - 1)
     for channels, skip in zip(reversed(self.channels[:-1]), reversed(skips)):
       if stride == self.output_stride:

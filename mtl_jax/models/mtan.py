@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from mtl_jax.errors import UserError
 from mtl_jax.models import base
+from mtl_jax.models import encoders
 from mtl_jax.models import hierarchical
 
 
@@ -53,7 +54,7 @@ def match(previous: jax.Array, current: jax.Array) -> jax.Array:
   """â^{l−1} brought to s^l's layout: pooled between conv stages, flattened into a dense layer."""
   if previous.ndim == 4 and current.ndim == 4 and previous.shape[1:3] != current.shape[1:3]:
     window = (previous.shape[1] // current.shape[1], previous.shape[2] // current.shape[2])
-    previous = nn.max_pool(previous, window, strides=window)
+    previous = encoders.block_max_pool(previous, window)
   elif previous.ndim == 4 and current.ndim == 2:
     previous = previous.reshape(previous.shape[0], -1)
   if previous.shape[:-1] != current.shape[:-1]:

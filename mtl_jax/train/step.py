@@ -6,7 +6,7 @@ Gradient modes (DESIGN.md §1):
 * "jacobian": J_k = ∇_Θs L_k for every task (K vector-Jacobian products sharing one forward
   pass); the method combines them (through G = J Jᵀ for Gramian methods). With a shared
   representation z, J_k is the VJP of Z_k = ∂L_k/∂z through the trunk, so no task's backward
-  pass runs through another task's head (at K = 8 on `benchmarks/vs_pytorch.py`'s MLP: 11-12 %
+  pass runs through another task's head (at K = 8 on `benchmarks/vs_pytorch.py`'s MLP: 5-12 %
   less step time, 1.6x faster to compile).
 * "rep": Z_k = ∇_z L_k at the shared representation z, each through task k's head alone
   (`model.decode(..., task_names=[k])`); G = Z Zᵀ gives the weights, and one VJP of Σ_k w_k Z_k
