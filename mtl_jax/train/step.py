@@ -4,10 +4,10 @@ Gradient modes (DESIGN.md §1):
 
 * "weighted": `w = method.loss_weights(state, L)`, then one backward pass of Σ_k w_k L_k.
 * "jacobian": J_k = ∇_Θs L_k for every task (K vector-Jacobian products sharing one forward
-  pass); the method combines them (through G = J Jᵀ for Gramian methods). With a shared
-  representation z, J_k is the VJP of Z_k = ∂L_k/∂z through the trunk, so no task's backward
-  pass runs through another task's head (at K = 8 on `benchmarks/vs_pytorch.py`'s MLP: 5-12 %
-  less step time, 1.6x faster to compile).
+  pass); the method combines them (through G = J Jᵀ for Gramian methods). Unrolled, with a
+  shared representation z, J_k is the VJP of Z_k = ∂L_k/∂z through the trunk, so no task's
+  backward pass runs through another task's head (at K = 8 on `benchmarks/vs_pytorch.py`'s MLP:
+  5-12 % less step time, 1.6x faster to compile).
 * "rep": Z_k = ∇_z L_k at the shared representation z, each through task k's head alone
   (`model.decode(..., task_names=[k])`); G = Z Zᵀ gives the weights, and one VJP of Σ_k w_k Z_k
   through the trunk gives the shared gradient. Needs `model.has_shared_representation`.
@@ -143,6 +143,13 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     cpu = jax.default_backend() == 'cpu'
     per_task_gradients = 'unrolled' if cpu and num_tasks <= 16 else 'vmap'
 
+  # Unrolled, each task's backward pass can start from its own Z_k = ∂L_k/∂z. Vmapped or in
+  # chunks it starts from a basis vector at the losses instead: the K cotangents at z then exist
+  # only inside the batched (chunked) pass, never all at once beside it (`jacobian_memory.py`:
+  # stacking them took chunk 4 at K = 16 from 306 to 1,068 MiB).
+  unrolled = per_task_gradients == 'unrolled' and not (
+      jacobian_chunk_size and jacobian_chunk_size < num_tasks)
+
   def per_task(vjp, cotangents):
     """`vjp` of each of the K stacked `cotangents` (a pytree with a leading task axis)."""
     if jacobian_chunk_size and jacobian_chunk_size < num_tasks:
@@ -188,7 +195,7 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     return grads, losses, w, method.advance(state.mtl_state, losses, w), collections
 
   def jacobian(state, batch, rngs):
-    if model.has_shared_representation:
+    if model.has_shared_representation and unrolled:
       return through_representation(state, batch, rngs, jacobian=True)
     shared, rest = _split(model, state.params)
 
@@ -207,8 +214,8 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
     Z_k = ∂L_k/∂z through its own head, then
     * "rep" (`jacobian=False`): the method combines the Z_k, and one VJP of Σ_k w_k Z_k through
       the trunk gives the shared gradient;
-    * "jacobian": J_k = VJP of Z_k through the trunk (K trunk backward passes, none through
-      another task's head), and the method combines the J_k.
+    * "jacobian" (unrolled only): J_k = VJP of Z_k through the trunk (K trunk backward passes,
+      none through another task's head), and the method combines the J_k.
     """
     shared, rest = _split(model, state.params)
     inputs = batch['inputs']

@@ -1,6 +1,7 @@
 """Every registered method inside the real train step: each of its modes runs and is finite, the
 modes it does not admit are refused before compiling, and its state survives an orbax checkpoint
-so that the resumed run is bitwise the uninterrupted one."""
+so that the resumed run is bitwise the uninterrupted one (checked in the method's first mode: the
+state's structure does not depend on the mode)."""
 
 import jax
 import numpy as np
@@ -48,6 +49,8 @@ def test_method_in_the_train_step(name, mode, tmp_path):
     state, metrics = train_step(state, batch)
     assert bool(metrics['finite']), (name, mode)
   assert int(state.skipped_steps) == 0
+  if mode != next(m for m in ('weighted', 'jacobian', 'rep') if m in method.modes):
+    return
 
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / 'state', state)
