@@ -23,35 +23,18 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from mtl_jax.train import step as step_lib
+from mtl_jax.train import sharding
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vs_pytorch  # pylint: disable=wrong-import-position
 
 
-def timed_step(model, tasks, batch, method_name, mode, **step_kwargs):
-  """`run(n)`: n steps of the jitted, state-donating train step; seconds per step."""
-  method = vs_pytorch.jax_method(method_name, len(tasks))
-  tx = optax.adam(vs_pytorch.LEARNING_RATE)
-  holder = {'state': step_lib.create_state(model, method, tx, jax.random.PRNGKey(0),
-                                           batch['inputs'][:2])}
-  step = jax.jit(step_lib.make_train_step(model, tasks, method, tx, mode, **step_kwargs),
-                 donate_argnums=0)
-  device_batch = jax.device_put(batch)
-
-  def run(n):
-    state = holder['state']
-    start = time.perf_counter()
-    for _ in range(n):
-      state, _ = step(state, device_batch)
-    jax.block_until_ready(state)
-    holder['state'] = state
-    return (time.perf_counter() - start) / n
-
-  run(2)
-  return run
+def timed_step(model, tasks, mesh, device_batch, example, method_name, mode, **step_kwargs):
+  """`run(n)`: n steps of `vs_pytorch`'s jitted step; seconds per step."""
+  config = vs_pytorch.jax_config(f'{method_name}/{mode}', method_name, mode, model, tasks, mesh,
+                                 device_batch, example, **step_kwargs)
+  return lambda n: config.run(n) / n
 
 
 def trunk_gemms(num_tasks: int, batch_size: int):
@@ -89,17 +72,18 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   tasks, model, batch = vs_pytorch.make_problem(args.model, args.k)
+  mesh = sharding.make_mesh()
+  common = (model, tasks, mesh, sharding.put_batch(batch, mesh), batch['inputs'][:2])
   configs = {
-      'ew weighted': timed_step(model, tasks, batch, 'ew', 'weighted'),
-      'ew jacobian (unrolled)': timed_step(model, tasks, batch, 'ew', 'jacobian',
+      'ew weighted': timed_step(*common, 'ew', 'weighted'),
+      'ew jacobian (unrolled)': timed_step(*common, 'ew', 'jacobian',
                                            per_task_gradients='unrolled'),
-      'ew jacobian (vmap)': timed_step(model, tasks, batch, 'ew', 'jacobian',
-                                       per_task_gradients='vmap'),
-      'upgrad jacobian (unrolled)': timed_step(model, tasks, batch, 'upgrad', 'jacobian',
+      'ew jacobian (vmap)': timed_step(*common, 'ew', 'jacobian', per_task_gradients='vmap'),
+      'upgrad jacobian (unrolled)': timed_step(*common, 'upgrad', 'jacobian',
                                                per_task_gradients='unrolled'),
-      'upgrad jacobian (vmap)': timed_step(model, tasks, batch, 'upgrad', 'jacobian',
+      'upgrad jacobian (vmap)': timed_step(*common, 'upgrad', 'jacobian',
                                            per_task_gradients='vmap'),
-      'upgrad rep': timed_step(model, tasks, batch, 'upgrad', 'rep'),
+      'upgrad rep': timed_step(*common, 'upgrad', 'rep'),
   }
   flops = None
   if args.model == 'mlp':

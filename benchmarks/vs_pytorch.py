@@ -418,7 +418,10 @@ def export_problem(path, model_name, tasks, model, batch):
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-def jax_config(name, method_name, mode, model, tasks, mesh, device_batch, example):
+def jax_config(name, method_name, mode, model, tasks, mesh, device_batch, example,
+               **step_kwargs):
+  """The jitted, state-donating mtl_jax step as a `Config` (`step_kwargs` go to
+  `make_train_step`, e.g. `per_task_gradients`)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
@@ -426,7 +429,8 @@ def jax_config(name, method_name, mode, model, tasks, mesh, device_batch, exampl
   from mtl_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
   method = jax_method(method_name, len(tasks))
   tx = optax.adam(LEARNING_RATE)
-  step = sharding.jit_train_step(step_lib.make_train_step(model, tasks, method, tx, mode), mesh)
+  step = sharding.jit_train_step(
+      step_lib.make_train_step(model, tasks, method, tx, mode, **step_kwargs), mesh)
   state = step_lib.create_state(model, method, tx, jax.random.PRNGKey(0), example)
   holder = {'state': sharding.put_replicated(jax.tree.map(jnp.copy, state), mesh)}
   holder['step'] = step.lower(holder['state'], device_batch).compile()

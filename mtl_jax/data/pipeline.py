@@ -48,11 +48,11 @@ label_mask).
 import contextlib
 import fcntl
 import functools
-import sys
 import inspect
-import types
 import os
 import shutil
+import sys
+import types
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from etils import epath

@@ -4,6 +4,7 @@ The train step runs under `jax.jit` with explicit shardings: state replicated, b
 `data`, state donated. (`jax.pmap` is in maintenance mode; mesh + jit is its successor.)
 """
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -82,16 +83,11 @@ class PackedBatch:
     return jax.tree.unflatten(treedef, leaves)
 
 
-_CANONICAL: dict = {}
-
-
+@functools.cache
 def _canonical(dtype: np.dtype) -> np.dtype:
   """The dtype JAX gives an array of `dtype` (cached: this runs per leaf per batch, and both
   `canonicalize_dtype` and `np.dtype.name` are Python code)."""
-  canonical = _CANONICAL.get(dtype)
-  if canonical is None:
-    canonical = _CANONICAL[dtype] = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
-  return canonical
+  return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 def pack(local_batch: Any) -> tuple[np.ndarray, tuple]:

@@ -147,14 +147,14 @@ def make_train_step(model: MultiTaskModel, tasks: Sequence[Task], method,
   # chunks it starts from a basis vector at the losses instead: the K cotangents at z then exist
   # only inside the batched (chunked) pass, never all at once beside it (`jacobian_memory.py`:
   # stacking them took chunk 4 at K = 16 from 306 to 1,068 MiB).
-  unrolled = per_task_gradients == 'unrolled' and not (
-      jacobian_chunk_size and jacobian_chunk_size < num_tasks)
+  chunked = 0 < jacobian_chunk_size < num_tasks
+  unrolled = per_task_gradients == 'unrolled' and not chunked
 
   def per_task(vjp, cotangents):
     """`vjp` of each of the K stacked `cotangents` (a pytree with a leading task axis)."""
-    if jacobian_chunk_size and jacobian_chunk_size < num_tasks:
+    if chunked:
       return jax.lax.map(vjp, cotangents, batch_size=jacobian_chunk_size)
-    if per_task_gradients == 'unrolled':
+    if unrolled:
       return jax.tree.map(lambda *xs: jnp.stack(xs),
                           *[vjp(jax.tree.map(lambda x, k=k: x[k], cotangents))
                             for k in range(num_tasks)])

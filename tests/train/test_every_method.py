@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mtl_jax import optim
+from mtl_jax.optim import base as optim_base
 from mtl_jax.errors import UserError
 from mtl_jax.train import checkpoint as checkpoint_lib
 from mtl_jax.train import step as step_lib
@@ -28,7 +29,7 @@ def _build(name):
 
 def _cases():
   for name in optim.METHODS.names():
-    for mode in ('weighted', 'jacobian', 'rep'):
+    for mode in optim_base.MODES:
       yield name, mode
 
 
@@ -49,7 +50,7 @@ def test_method_in_the_train_step(name, mode, tmp_path):
     state, metrics = train_step(state, batch)
     assert bool(metrics['finite']), (name, mode)
   assert int(state.skipped_steps) == 0
-  if mode != next(m for m in ('weighted', 'jacobian', 'rep') if m in method.modes):
+  if mode != next(m for m in optim_base.MODES if m in method.modes):
     return
 
   checkpointer = ocp.StandardCheckpointer()
